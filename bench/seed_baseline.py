@@ -38,7 +38,9 @@ def main(data_csv: str, workdir: str) -> None:
     exp = mlflow.set_experiment(experiment_name="experiment_signature")
     print("Experiment_id:", exp.experiment_id)
     mlflow.start_run()
-    mlflow.set_tags({"engineering": "ML platform", "release.candidate": "RC1", "release.version": "2.0"})
+    mlflow.set_tags(
+        {"engineering": "ML platform", "release.candidate": "RC1", "release.version": "2.0"}
+    )
     mlflow.sklearn.autolog(log_input_examples=False, log_model_signatures=False, log_models=False)
     lr = ElasticNet(alpha=0.7, l1_ratio=0.7, random_state=42)
     lr.fit(train_x, train_y)

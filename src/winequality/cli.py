@@ -7,8 +7,9 @@ Bad input exits with code 2 and one red block naming every problem; nothing is h
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -30,21 +31,29 @@ T = TypeVar("T")
 BAD_INPUT = 2
 
 
-class WineColour(str, Enum):
+class WineColour(StrEnum):
     red = "red"
     white = "white"
 
 
 DataOption = Annotated[
     str | None,
-    typer.Option("--data", envvar="WINEQUALITY_DATA", show_envvar=True,
-                 help="CSV path or URL, ',' or ';' separated. Default: the UCI archive, "
-                      "downloaded once into the user cache."),
+    typer.Option(
+        "--data",
+        envvar="WINEQUALITY_DATA",
+        show_envvar=True,
+        help="CSV path or URL, ',' or ';' separated. Default: the UCI archive, "
+        "downloaded once into the user cache.",
+    ),
 ]
 TrackingOption = Annotated[
     str | None,
-    typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
-                 help="MLflow tracking store. Default: sqlite:///mlflow.db"),
+    typer.Option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        show_envvar=True,
+        help="MLflow tracking store. Default: sqlite:///mlflow.db",
+    ),
 ]
 
 
@@ -73,9 +82,11 @@ def _parse_tags(pairs: list[str]) -> dict[str, str]:
 
 @app.callback()
 def _quiet_libraries() -> None:
-    # MLflow logs schema migrations and experiment creation at INFO; our output says it better.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # MLflow draws download progress bars on stderr for every local artifact copy.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow logs schema migrations and experiment creation at INFO (our output says it better);
+    # it configures its loggers when first imported, from this variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # It cannot find pip's version inside a uv environment, which only matters to conda users.
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
 
@@ -83,23 +94,28 @@ def _quiet_libraries() -> None:
 @app.command()
 def train(
     data: DataOption = None,
-    wine: Annotated[WineColour, typer.Option(help="Which UCI file when no --data.")] =
-        WineColour.red,
-    alpha: Annotated[float, typer.Option(
-                                         help="ElasticNet penalty strength.")] = 0.7,
-    l1_ratio: Annotated[float, typer.Option("--l1-ratio", "--l1_ratio", min=0, max=1,
-                                            help="L1 share of the penalty.")] = 0.7,
-    scale: Annotated[bool, typer.Option(help="Standardise features inside the pipeline.")]
-        = False,
+    wine: Annotated[
+        WineColour, typer.Option(help="Which UCI file when no --data.")
+    ] = WineColour.red,
+    alpha: Annotated[float, typer.Option(help="ElasticNet penalty strength.")] = 0.7,
+    l1_ratio: Annotated[
+        float,
+        typer.Option("--l1-ratio", "--l1_ratio", min=0, max=1, help="L1 share of the penalty."),
+    ] = 0.7,
+    scale: Annotated[bool, typer.Option(help="Standardise features inside the pipeline.")] = False,
     test_size: Annotated[float, typer.Option(help="Held-out share, within (0, 1).")] = 0.25,
     seed: Annotated[int, typer.Option(help="Split seed; 40 reproduces the seed's split.")] = 40,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment, created if absent.")] =
-        "experiment_signature",
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment, created if absent.")
+    ] = "experiment_signature",
     tracking_uri: TrackingOption = None,
-    tag: Annotated[list[str] | None, typer.Option(
-        help="Run tag KEY=VALUE, repeatable; overrides the seed's defaults.")] = None,
-    output_dir: Annotated[Path, typer.Option(help="Where the data copy and the split go.")] =
-        Path("data"),
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(help="Run tag KEY=VALUE, repeatable; overrides the seed's defaults."),
+    ] = None,
+    output_dir: Annotated[Path, typer.Option(help="Where the data copy and the split go.")] = Path(
+        "data"
+    ),
     run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
 ) -> None:
     """Train the seed's ElasticNet, log it to MLflow with its signature, and check it serves."""
@@ -107,23 +123,37 @@ def train(
     from winequality.train import train as run_training
 
     config = TrainConfig(
-        data=data, wine=wine.value, alpha=alpha, l1_ratio=l1_ratio, scale=scale,
-        test_size=test_size, seed=seed, experiment=experiment, tracking_uri=tracking_uri,
-        tags={**DEFAULT_TAGS, **_parse_tags(tag or [])}, output_dir=output_dir,
+        data=data,
+        wine=wine.value,
+        alpha=alpha,
+        l1_ratio=l1_ratio,
+        scale=scale,
+        test_size=test_size,
+        seed=seed,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        tags={**DEFAULT_TAGS, **_parse_tags(tag or [])},
+        output_dir=output_dir,
         run_name=run_name,
     )
     result = _guard(lambda: run_training(config))
     exp = result.experiment
     out.print(f"The set tracking uri is {result.tracking_uri}")
     info = Table.grid(padding=(0, 2))
-    for key, value in (("Name", exp.name), ("Experiment_id", exp.experiment_id),
-                       ("Artifact Location", exp.artifact_location), ("Tags", exp.tags),
-                       ("Lifecycle_stage", exp.lifecycle_stage),
-                       ("Creation timestamp", exp.creation_time)):
+    for key, value in (
+        ("Name", exp.name),
+        ("Experiment_id", exp.experiment_id),
+        ("Artifact Location", exp.artifact_location),
+        ("Tags", exp.tags),
+        ("Lifecycle_stage", exp.lifecycle_stage),
+        ("Creation timestamp", exp.creation_time),
+    ):
         info.add_row(f"[bold]{key}[/]", str(value))
     out.print(info)
-    out.print(f"Data: {result.data_path} ({result.rows} rows, {result.duplicate_rows} exact "
-              f"duplicates; split {result.train_rows} train / {result.test_rows} test)")
+    out.print(
+        f"Data: {result.data_path} ({result.rows} rows, {result.duplicate_rows} exact "
+        f"duplicates; split {result.train_rows} train / {result.test_rows} test)"
+    )
     out.print(f"[bold]Elasticnet model (alpha={alpha:f}, l1_ratio={l1_ratio:f}):[/]")
     _metrics_table(result.metrics)
     out.print(f"The artifact path is {result.artifact_uri}")
@@ -137,8 +167,10 @@ def _metrics_table(metrics: dict[str, Any], title: str | None = None) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key.upper() if key in ("rmse", "mae", "r2") else key,
-                      f"{value:.6f}" if isinstance(value, float) else str(value))
+        table.add_row(
+            key.upper() if key in ("rmse", "mae", "r2") else key,
+            f"{value:.6f}" if isinstance(value, float) else str(value),
+        )
     out.print(table)
 
 

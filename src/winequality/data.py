@@ -105,8 +105,11 @@ def fetch_url(url: str) -> Path:
 
     name = hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + (url.rsplit("/", 1)[-1] or "data")
     try:
-        return Path(pooch.retrieve(url, known_hash=None, fname=name, path=cache_dir() / "urls",
-                                   progressbar=False))
+        return Path(
+            pooch.retrieve(
+                url, known_hash=None, fname=name, path=cache_dir() / "urls", progressbar=False
+            )
+        )
     except Exception as exc:
         raise DataError(
             f"could not download {url} ({_short(exc)}). Download it yourself and pass the "
@@ -184,17 +187,25 @@ def load(data: str | os.PathLike[str] | None = None, wine: Wine = "red") -> Wine
     raw, separator = read_table(path)
     checked = validate_columns(raw, require_target=True, unknown="error")
     if not checked.ok:
-        raise SchemaError(checked.errors, what=f"training data {path}", row_label="line",
-                          row_offset=2)
+        raise SchemaError(
+            checked.errors, what=f"training data {path}", row_label="line", row_offset=2
+        )
     frame = pd.DataFrame(checked.features, columns=list(FEATURE_NAMES))
     assert checked.target is not None
     frame[TARGET.name] = checked.target.astype(np.int64)
-    return WineData(frame=frame, path=path, source=source, sha256=sha256_of(path),
-                    separator=separator, duplicate_rows=int(frame.duplicated().sum()))
+    return WineData(
+        frame=frame,
+        path=path,
+        source=source,
+        sha256=sha256_of(path),
+        separator=separator,
+        duplicate_rows=int(frame.duplicated().sum()),
+    )
 
 
-def split(frame: pd.DataFrame, test_size: float = 0.25, seed: int = 40
-          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split(
+    frame: pd.DataFrame, test_size: float = 0.25, seed: int = 40
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The seed's split: scikit-learn's shuffled 75/25 split; seed 40 reproduces the seed's."""
     from sklearn.model_selection import train_test_split
 

@@ -17,8 +17,9 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
     actual = np.asarray(actual, dtype=float).ravel()
     predicted = np.asarray(predicted, dtype=float).ravel()
     if actual.shape != predicted.shape or actual.size == 0:
-        raise ValueError(f"need two equal, non-empty vectors, got {actual.shape} and "
-                         f"{predicted.shape}")
+        raise ValueError(
+            f"need two equal, non-empty vectors, got {actual.shape} and {predicted.shape}"
+        )
     error = predicted - actual
     total = float(np.sum((actual - actual.mean()) ** 2))
     metrics = {

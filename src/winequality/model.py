@@ -15,8 +15,13 @@ from sklearn.preprocessing import StandardScaler
 RANDOM_STATE = 42  # the seed's ElasticNet(random_state=42)
 
 
-def elasticnet(alpha: float = 0.7, l1_ratio: float = 0.7, *, scale: bool = False,
-               random_state: int = RANDOM_STATE) -> Pipeline:
+def elasticnet(
+    alpha: float = 0.7,
+    l1_ratio: float = 0.7,
+    *,
+    scale: bool = False,
+    random_state: int = RANDOM_STATE,
+) -> Pipeline:
     """The seed's ElasticNet; `scale=True` standardises features first (inside the pipeline).
 
     alpha > 0 is the penalty strength, l1_ratio in [0, 1] mixes L1 (1.0) and L2 (0.0).
@@ -26,6 +31,7 @@ def elasticnet(alpha: float = 0.7, l1_ratio: float = 0.7, *, scale: bool = False
     if not 0.0 <= l1_ratio <= 1.0:
         raise ValueError(f"l1_ratio must be within [0, 1], got {l1_ratio}")
     steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if scale else []
-    steps.append(("elasticnet", ElasticNet(alpha=alpha, l1_ratio=l1_ratio,
-                                           random_state=random_state)))
+    steps.append(
+        ("elasticnet", ElasticNet(alpha=alpha, l1_ratio=l1_ratio, random_state=random_state))
+    )
     return Pipeline(steps)

@@ -53,29 +53,60 @@ class Target:
 # Ranges are physical or chemical bounds, deliberately wider than any real wine, so they catch
 # unit mix-ups (mg vs g), sentinel values (-1, 1e308) and typos without rejecting unusual wines.
 FEATURES: tuple[Feature, ...] = (
-    Feature("fixed acidity", "g(tartaric acid)/dm³", "Non-volatile acids, mostly tartaric.",
-            0.0, 100.0, 7.9),
-    Feature("volatile acidity", "g(acetic acid)/dm³", "Acetic acid; too much tastes of vinegar.",
-            0.0, 100.0, 0.52),
-    Feature("citric acid", "g/dm³", "Adds freshness and flavour in small quantities.",
-            0.0, 100.0, 0.26),
-    Feature("residual sugar", "g/dm³", "Sugar left after fermentation stops.",
-            0.0, 1000.0, 2.2),
+    Feature(
+        "fixed acidity",
+        "g(tartaric acid)/dm³",
+        "Non-volatile acids, mostly tartaric.",
+        0.0,
+        100.0,
+        7.9,
+    ),
+    Feature(
+        "volatile acidity",
+        "g(acetic acid)/dm³",
+        "Acetic acid; too much tastes of vinegar.",
+        0.0,
+        100.0,
+        0.52,
+    ),
+    Feature(
+        "citric acid", "g/dm³", "Adds freshness and flavour in small quantities.", 0.0, 100.0, 0.26
+    ),
+    Feature("residual sugar", "g/dm³", "Sugar left after fermentation stops.", 0.0, 1000.0, 2.2),
     Feature("chlorides", "g(sodium chloride)/dm³", "Salt content.", 0.0, 360.0, 0.079),
-    Feature("free sulfur dioxide", "mg/dm³", "Free SO₂; prevents microbial growth and oxidation.",
-            0.0, 100_000.0, 14.0),
+    Feature(
+        "free sulfur dioxide",
+        "mg/dm³",
+        "Free SO₂; prevents microbial growth and oxidation.",
+        0.0,
+        100_000.0,
+        14.0,
+    ),
     Feature("total sulfur dioxide", "mg/dm³", "Free plus bound SO₂.", 0.0, 100_000.0, 38.0),
-    Feature("density", "g/cm³", "Close to water's, lower with more alcohol, higher with sugar.",
-            0.8, 1.3, 0.9968),
+    Feature(
+        "density",
+        "g/cm³",
+        "Close to water's, lower with more alcohol, higher with sugar.",
+        0.8,
+        1.3,
+        0.9968,
+    ),
     Feature("pH", "pH", "Acidity on the pH scale; wines sit between 2.7 and 4.", 0.0, 14.0, 3.31),
-    Feature("sulphates", "g(potassium sulphate)/dm³", "Additive contributing to SO₂ levels.",
-            0.0, 100.0, 0.62),
+    Feature(
+        "sulphates",
+        "g(potassium sulphate)/dm³",
+        "Additive contributing to SO₂ levels.",
+        0.0,
+        100.0,
+        0.62,
+    ),
     Feature("alcohol", "% vol", "Alcohol content by volume.", 0.0, 100.0, 10.2),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURES_BY_NAME: Mapping[str, Feature] = {f.name: f for f in FEATURES}
-TARGET = Target("quality", "Median of at least three expert sensory scores, 0 (very bad) to 10.",
-                0, 10)
+TARGET = Target(
+    "quality", "Median of at least three expert sensory scores, 0 (very bad) to 10.", 0, 10
+)
 
 # Cross-column rule: bound SO₂ is total minus free, so free can never exceed total.
 SO2_RULE = ("free sulfur dioxide", "total sulfur dioxide")
@@ -110,8 +141,16 @@ def input_example(features: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 IssueKind = Literal[
-    "missing_column", "unknown_column", "duplicate_column", "no_rows", "missing_value",
-    "not_numeric", "not_finite", "out_of_range", "not_integer", "rule",
+    "missing_column",
+    "unknown_column",
+    "duplicate_column",
+    "no_rows",
+    "missing_value",
+    "not_numeric",
+    "not_finite",
+    "out_of_range",
+    "not_integer",
+    "rule",
 ]
 SAMPLE_VALUES = 5  # offending values kept per issue for messages
 
@@ -137,7 +176,11 @@ class FeatureIssue:
             return f"{where}{self.reason}"
         shown = ", ".join(
             f"{row_label} {r + row_offset}"
-            + (f": {_show(self.values[i])}" if i < len(self.values) and self.kind != "missing_value" else "")
+            + (
+                f": {_show(self.values[i])}"
+                if i < len(self.values) and self.kind != "missing_value"
+                else ""
+            )
             for i, r in enumerate(self.rows[:limit])
         )
         more = f", … {len(self.rows) - limit} more" if len(self.rows) > limit else ""
@@ -167,8 +210,13 @@ class Validation:
 class SchemaError(ValueError):
     """Input does not fit the feature schema; `issues` lists every problem."""
 
-    def __init__(self, issues: Sequence[FeatureIssue], what: str = "input",
-                 row_label: str = "row", row_offset: int = 0) -> None:
+    def __init__(
+        self,
+        issues: Sequence[FeatureIssue],
+        what: str = "input",
+        row_label: str = "row",
+        row_offset: int = 0,
+    ) -> None:
         self.issues = list(issues)
         self.what = what
         self.row_label = row_label
@@ -177,8 +225,10 @@ class SchemaError(ValueError):
 
     def render(self) -> str:
         total = sum(i.count for i in self.issues)
-        lines = [f"{self.what} does not fit the wine feature schema "
-                 f"({total} problem{'s' if total != 1 else ''}):"]
+        lines = [
+            f"{self.what} does not fit the wine feature schema "
+            f"({total} problem{'s' if total != 1 else ''}):"
+        ]
         lines += [f"  - {i.describe(self.row_label, self.row_offset)}" for i in self.issues]
         return "\n".join(lines)
 
@@ -229,8 +279,11 @@ def _as_float_column(name: str, values: np.ndarray) -> tuple[np.ndarray, list[Fe
         out = values.astype(np.float64, copy=False)
         missing = np.flatnonzero(np.isnan(out))
         if missing.size:
-            issues.append(FeatureIssue("missing_value", name, "missing (null or empty)",
-                                       tuple(missing.tolist())))
+            issues.append(
+                FeatureIssue(
+                    "missing_value", name, "missing (null or empty)", tuple(missing.tolist())
+                )
+            )
         return out, issues
     out = np.empty(values.shape[0], dtype=np.float64)
     missing_rows: list[int] = []
@@ -261,11 +314,13 @@ def _as_float_column(name: str, values: np.ndarray) -> tuple[np.ndarray, list[Fe
         else:
             out[i] = float(cell)
     if missing_rows:
-        issues.append(FeatureIssue("missing_value", name, "missing (null or empty)",
-                                   tuple(missing_rows)))
+        issues.append(
+            FeatureIssue("missing_value", name, "missing (null or empty)", tuple(missing_rows))
+        )
     if bad_rows:
-        issues.append(FeatureIssue("not_numeric", name, "not a number", tuple(bad_rows),
-                                   tuple(bad_values)))
+        issues.append(
+            FeatureIssue("not_numeric", name, "not a number", tuple(bad_rows), tuple(bad_values))
+        )
     return out, issues
 
 
@@ -277,14 +332,26 @@ def _range_issues(feature: Feature, column: np.ndarray) -> list[FeatureIssue]:
             np.isfinite(column) & ((column < feature.minimum) | (column > feature.maximum))
         )
     if infinite.size:
-        issues.append(FeatureIssue("not_finite", feature.name, "not finite",
-                                   tuple(infinite.tolist()),
-                                   tuple(column[infinite[:SAMPLE_VALUES]].tolist())))
+        issues.append(
+            FeatureIssue(
+                "not_finite",
+                feature.name,
+                "not finite",
+                tuple(infinite.tolist()),
+                tuple(column[infinite[:SAMPLE_VALUES]].tolist()),
+            )
+        )
     if outside.size:
-        issues.append(FeatureIssue(
-            "out_of_range", feature.name,
-            f"outside the physical range [{feature.minimum:g}, {feature.maximum:g}] {feature.unit}",
-            tuple(outside.tolist()), tuple(column[outside[:SAMPLE_VALUES]].tolist())))
+        issues.append(
+            FeatureIssue(
+                "out_of_range",
+                feature.name,
+                f"outside the physical range [{feature.minimum:g}, {feature.maximum:g}] "
+                f"{feature.unit}",
+                tuple(outside.tolist()),
+                tuple(column[outside[:SAMPLE_VALUES]].tolist()),
+            )
+        )
     return issues
 
 
@@ -295,8 +362,11 @@ def _rule_issues(matrix: np.ndarray) -> list[FeatureIssue]:
     if not bad.size:
         return []
     pairs = tuple(f"{matrix[r, free_i]:g} > {matrix[r, total_i]:g}" for r in bad[:SAMPLE_VALUES])
-    return [FeatureIssue("rule", SO2_RULE[0], f"greater than {SO2_RULE[1]!r}",
-                         tuple(bad.tolist()), pairs)]
+    return [
+        FeatureIssue(
+            "rule", SO2_RULE[0], f"greater than {SO2_RULE[1]!r}", tuple(bad.tolist()), pairs
+        )
+    ]
 
 
 def validate_numeric(matrix: np.ndarray, *, allow_out_of_range: bool = False) -> Validation:
@@ -318,8 +388,14 @@ def validate_numeric(matrix: np.ndarray, *, allow_out_of_range: bool = False) ->
         column = matrix[:, j]
         nan_rows = np.flatnonzero(np.isnan(column))
         if nan_rows.size:
-            errors.append(FeatureIssue("missing_value", feature.name, "missing (null or empty)",
-                                       tuple(nan_rows.tolist())))
+            errors.append(
+                FeatureIssue(
+                    "missing_value",
+                    feature.name,
+                    "missing (null or empty)",
+                    tuple(nan_rows.tolist()),
+                )
+            )
         for issue in _range_issues(feature, column):
             (soft if allow_out_of_range and issue.kind == "out_of_range" else errors).append(issue)
     rule = _rule_issues(matrix)
@@ -381,21 +457,36 @@ def validate_columns(
         with np.errstate(invalid="ignore"):
             bad = np.flatnonzero(
                 np.isfinite(target)
-                & ((target != np.round(target)) | (target < TARGET.minimum)
-                   | (target > TARGET.maximum))
+                & (
+                    (target != np.round(target))
+                    | (target < TARGET.minimum)
+                    | (target > TARGET.maximum)
+                )
             )
         if bad.size:
-            errors.append(FeatureIssue(
-                "not_integer", TARGET.name,
-                f"not an integer score within {TARGET.minimum}..{TARGET.maximum}",
-                tuple(bad.tolist()), tuple(target[bad[:SAMPLE_VALUES]].tolist())))
+            errors.append(
+                FeatureIssue(
+                    "not_integer",
+                    TARGET.name,
+                    f"not an integer score within {TARGET.minimum}..{TARGET.maximum}",
+                    tuple(bad.tolist()),
+                    tuple(target[bad[:SAMPLE_VALUES]].tolist()),
+                )
+            )
     return Validation(matrix, target, errors=errors, warnings=warnings, n_rows=n_rows)
 
 
 def feature_table() -> list[dict[str, Any]]:
     """The schema as plain data (for /metadata, the OpenAPI document and the page)."""
     return [
-        {"name": f.name, "type": f.dtype, "unit": f.unit, "description": f.description,
-         "minimum": f.minimum, "maximum": f.maximum, "typical": f.typical}
+        {
+            "name": f.name,
+            "type": f.dtype,
+            "unit": f.unit,
+            "description": f.description,
+            "minimum": f.minimum,
+            "maximum": f.maximum,
+            "typical": f.typical,
+        }
         for f in FEATURES
     ]

@@ -30,11 +30,15 @@ def preflight(uri: str, timeout: float = 5.0) -> None:
         try:
             answer = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
         except requests.RequestException as exc:
-            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} "
-                                f"({type(exc).__name__}); is `mlflow server` running?") from exc
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} "
+                f"({type(exc).__name__}); is `mlflow server` running?"
+            ) from exc
         if answer.status_code >= 400:
-            raise TrackingError(f"the MLflow tracking server at {uri} answered /health with "
-                                f"HTTP {answer.status_code}")
+            raise TrackingError(
+                f"the MLflow tracking server at {uri} answered /health with "
+                f"HTTP {answer.status_code}"
+            )
     elif scheme == "sqlite":
         path = uri.split(":///", 1)[1] if ":///" in uri else ""
         if path and path != ":memory:" and not Path(path).expanduser().parent.is_dir():
@@ -42,8 +46,9 @@ def preflight(uri: str, timeout: float = 5.0) -> None:
     elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
         import sqlalchemy
 
-        args = {"connect_timeout": int(timeout)} if scheme.startswith(("postgresql", "mysql")) \
-            else {}
+        args = (
+            {"connect_timeout": int(timeout)} if scheme.startswith(("postgresql", "mysql")) else {}
+        )
         try:
             engine = sqlalchemy.create_engine(uri, connect_args=args)
             with engine.connect():
@@ -51,13 +56,16 @@ def preflight(uri: str, timeout: float = 5.0) -> None:
             engine.dispose()
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrackingError(f"cannot connect to the tracking database {_redact(uri)}: "
-                                f"{first}") from exc
+            raise TrackingError(
+                f"cannot connect to the tracking database {_redact(uri)}: {first}"
+            ) from exc
     elif scheme in ("file", "") or scheme == "databricks" or len(scheme) == 1:
         return  # a local folder (a Windows drive letter parses as a 1-letter scheme) or hosted
     else:
-        raise TrackingError(f"unsupported tracking URI {uri!r}: use sqlite:///FILE, "
-                            f"postgresql://…, http(s)://SERVER or a folder path")
+        raise TrackingError(
+            f"unsupported tracking URI {uri!r}: use sqlite:///FILE, "
+            f"postgresql://…, http(s)://SERVER or a folder path"
+        )
 
 
 def connect(explicit: str | None = None) -> str:

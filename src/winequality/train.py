@@ -90,8 +90,10 @@ class ModelCheckError(RuntimeError):
 
 def pip_requirements() -> list[str]:
     """Pinned by hand: MLflow's requirement inference starts a subprocess and takes seconds."""
-    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "skops", "numpy",
-                                                    "pandas", "scipy")]
+    return [
+        f"{name}=={version(name)}"
+        for name in ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+    ]
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -152,9 +154,13 @@ def train(config: TrainConfig) -> TrainResult:
         run_name=run.info.run_name or "",
         tracking_uri=uri,
         experiment=ExperimentInfo(
-            name=experiment.name, experiment_id=experiment.experiment_id,
-            artifact_location=experiment.artifact_location, tags=dict(experiment.tags),
-            lifecycle_stage=experiment.lifecycle_stage, creation_time=experiment.creation_time),
+            name=experiment.name,
+            experiment_id=experiment.experiment_id,
+            artifact_location=experiment.artifact_location,
+            tags=dict(experiment.tags),
+            lifecycle_stage=experiment.lifecycle_stage,
+            creation_time=experiment.creation_time,
+        ),
         metrics=metrics,
         model_uri=model_info.model_uri,
         run_model_uri=f"runs:/{run.info.run_id}/{MODEL_NAME}",
@@ -165,8 +171,9 @@ def train(config: TrainConfig) -> TrainResult:
         train_rows=len(train_frame),
         test_rows=len(test_frame),
         written=written,
-        coefficients=dict(zip(features, np.asarray(linear.coef_, dtype=float).tolist(),
-                              strict=True)),
+        coefficients=dict(
+            zip(features, np.asarray(linear.coef_, dtype=float).tolist(), strict=True)
+        ),
         intercept=float(np.ravel(linear.intercept_)[0]),
     )
 
@@ -196,12 +203,15 @@ def verify_logged_model(model_uri: str, example: pd.DataFrame, expected: np.ndar
     except ModelCheckError:
         raise
     except Exception as exc:
-        raise ModelCheckError(f"the logged model {model_uri} failed to load or to score its "
-                              f"input example: {exc}") from exc
+        raise ModelCheckError(
+            f"the logged model {model_uri} failed to load or to score its input example: {exc}"
+        ) from exc
     for what, got in (("pyfunc", direct), ("serving input", served)):
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-12):
-            raise ModelCheckError(f"the logged model {model_uri} scores its input example "
-                                  f"differently through {what}: {got} != {expected}")
+            raise ModelCheckError(
+                f"the logged model {model_uri} scores its input example "
+                f"differently through {what}: {got} != {expected}"
+            )
 
 
 @contextlib.contextmanager
@@ -229,31 +239,41 @@ def _sklearn_autolog(mlflow: Any) -> Iterator[None]:
     Models, signatures, input examples and datasets are logged by us, once, and post-training
     metrics are off so that our test metrics are not logged twice under other names.
     """
-    mlflow.sklearn.autolog(log_input_examples=False, log_model_signatures=False,
-                           log_models=False, log_datasets=False,
-                           log_post_training_metrics=False, silent=True)
+    mlflow.sklearn.autolog(
+        log_input_examples=False,
+        log_model_signatures=False,
+        log_models=False,
+        log_datasets=False,
+        log_post_training_metrics=False,
+        silent=True,
+    )
     try:
         yield
     finally:
         mlflow.sklearn.autolog(disable=True, silent=True)
 
 
-def _log_datasets(mlflow: Any, wine: wine_data.WineData, train_frame: pd.DataFrame,
-                  test_frame: pd.DataFrame) -> None:
+def _log_datasets(
+    mlflow: Any, wine: wine_data.WineData, train_frame: pd.DataFrame, test_frame: pd.DataFrame
+) -> None:
     stem = Path(wine.source).stem if "://" not in wine.source else wine.path.stem
     for frame, context in ((train_frame, "training"), (test_frame, "testing")):
         with warnings.catch_warnings():
             # MLflow hints that an int column cannot hold NaN (quality is an int on purpose)
             # and that a local path matches its local-source class twice; neither is actionable.
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=wine.source,
-                                              targets=schema.TARGET.name,
-                                              name=f"{stem}-{context}")
+            dataset = mlflow.data.from_pandas(
+                frame, source=wine.source, targets=schema.TARGET.name, name=f"{stem}-{context}"
+            )
             mlflow.log_input(dataset, context=context)  # the schema is inferred here, lazily
 
 
-def _write_outputs(folder: Path | None, wine: wine_data.WineData, train_frame: pd.DataFrame,
-                   test_frame: pd.DataFrame) -> tuple[Path, ...]:
+def _write_outputs(
+    folder: Path | None,
+    wine: wine_data.WineData,
+    train_frame: pd.DataFrame,
+    test_frame: pd.DataFrame,
+) -> tuple[Path, ...]:
     """The seed's copies: the data as read, then the split (with the original row index)."""
     if folder is None:
         return ()
@@ -274,8 +294,13 @@ def _provenance_tags() -> dict[str, str]:
 
 def _git_commit(folder: Path) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=5, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None
