@@ -162,6 +162,105 @@ def train(
     out.print(f"Active run name is {result.run_name}")
 
 
+@app.command()
+def predict(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="runs:/<id>/model, models:/<name>@<alias>, "
+            "models:/<name>/<version>, models:/m-<id> or a folder.",
+        ),
+    ],
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input", help="CSV (',' or ';'), Parquet or JSON (records or dataframe_split)."
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="CSV, Parquet or JSON by extension; default: CSV on stdout."),
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Write only this column and the prediction (default: all input columns)."
+        ),
+    ] = None,
+    allow_out_of_range: Annotated[
+        bool, typer.Option(help="Score values outside the physical ranges, with a warning.")
+    ] = False,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Score a file with a logged model; every invalid cell is listed and nothing is written."""
+    from winequality.predict import ModelLoadError, predict_file
+
+    def run() -> Any:
+        try:
+            return predict_file(
+                model,
+                input,
+                output,
+                id_column=id_column,
+                allow_out_of_range=allow_out_of_range,
+                tracking_uri=tracking_uri,
+            )
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from exc
+
+    result = _guard(run)
+    for issue in result.warnings:
+        err.print(f"[yellow]warning:[/] {issue.describe()}", soft_wrap=True)
+    if output is None:
+        typer.echo(result.frame.to_csv(index=False), nl=False)
+    else:
+        err.print(f"wrote {result.rows} predictions to {output}")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option("--model", help="Any model URI `predict` accepts.")],
+    host: Annotated[
+        str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Processes, each with the model.")] = 1,
+    max_body_mb: Annotated[float, typer.Option(help="Larger bodies get 413.")] = 8.0,
+    allow_out_of_range: Annotated[
+        bool, typer.Option(help="Score values outside the physical ranges (warned in a header).")
+    ] = False,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Serve a model over HTTP: MLflow's /invocations protocol, a page at /, OpenAPI."""
+    from winequality.predict import ModelLoadError, load_scorer
+
+    def check() -> Any:
+        try:
+            return load_scorer(model, tracking_uri)
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from exc
+
+    scorer = _guard(check)  # a bad URI is exit 2 before any socket opens
+    from winequality.serve import serve as run_server
+
+    err.print(
+        f"serving {model} on http://{host}:{port}/ ({workers} worker"
+        f"{'s' if workers > 1 else ''}); Ctrl+C or SIGTERM stops it"
+    )
+    run_server(
+        model,
+        host=host,
+        port=port,
+        workers=workers,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        allow_out_of_range=allow_out_of_range,
+        tracking_uri=tracking_uri,
+        access_log=access_log,
+    )
+
+
 def _metrics_table(metrics: dict[str, Any], title: str | None = None) -> None:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")

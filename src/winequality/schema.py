@@ -151,6 +151,7 @@ IssueKind = Literal[
     "out_of_range",
     "not_integer",
     "rule",
+    "bad_row",
 ]
 SAMPLE_VALUES = 5  # offending values kept per issue for messages
 
@@ -312,7 +313,10 @@ def _as_float_column(name: str, values: np.ndarray) -> tuple[np.ndarray, list[Fe
                     bad_values.append(cell)
                 out[i] = np.nan
         else:
-            out[i] = float(cell)
+            try:
+                out[i] = float(cell)
+            except OverflowError:  # an integer beyond double range
+                out[i] = math.inf
     if missing_rows:
         issues.append(
             FeatureIssue("missing_value", name, "missing (null or empty)", tuple(missing_rows))
