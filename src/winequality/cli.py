@@ -251,6 +251,7 @@ def serve(
     )
     run_server(
         model,
+        scorer=scorer,
         host=host,
         port=port,
         workers=workers,
