@@ -65,3 +65,47 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+class TrainedModel:
+    """One model trained on the red data in a temp store, registered as `wine-test` v1."""
+
+    def __init__(self, result, tracking_uri: str, folder: Path) -> None:
+        self.result, self.tracking_uri, self.folder = result, tracking_uri, folder
+        self.model_uri = result.model_uri
+
+
+@pytest.fixture(scope="session")
+def trained_model(red_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    import mlflow
+
+    from winequality.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("model")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        result = train(TrainConfig(data=str(red_csv), tracking_uri=uri, output_dir=None))
+    client = mlflow.MlflowClient(uri)
+    version = mlflow.register_model(result.model_uri, "wine-test")
+    client.set_registered_model_alias("wine-test", "champion", version.version)
+    return TrainedModel(result, uri, folder)
+
+
+@pytest.fixture(scope="session")
+def scorer(trained_model: TrainedModel):
+    from winequality.predict import load_scorer
+
+    return load_scorer(trained_model.model_uri, trained_model.tracking_uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_pyfunc(trained_model: TrainedModel):
+    """MLflow's own loaded model: the oracle for parity tests."""
+    import mlflow
+
+    from winequality.train import allow_model_deserialization
+
+    mlflow.set_tracking_uri(trained_model.tracking_uri)
+    with allow_model_deserialization():
+        return mlflow.pyfunc.load_model(trained_model.model_uri)

@@ -397,15 +397,17 @@ def render_page(metadata: dict[str, Any]) -> str:
         fields.append(
             f'<label title="{html.escape(feature["description"])}">'
             f'<span class="name">{name}</span> <span class="unit">{html.escape(feature["unit"])}'
-            f'</span><input type="number" step="any" name="{name}" data-column="{name}" '
-            f'min="{feature["minimum"]:g}" max="{feature["maximum"]:g}" '
+            # text, not number: a number input hides what was typed, and the server's
+            # "not a number" is the clearer message
+            f'</span><input type="text" inputmode="decimal" name="{name}" data-column="{name}" '
+            f'data-min="{feature["minimum"]:g}" data-max="{feature["maximum"]:g}" '
             f'value="{rows[0][j]:g}" required>'
             f'<small class="error" data-error-for="{name}"></small></label>'
         )
     options = "".join(f'<option value="{i}">example row {i + 1}</option>' for i in range(len(rows)))
-    data = html.escape(
-        orjson.dumps({"rows": rows, "columns": [f["name"] for f in metadata["features"]]}).decode()
-    )
+    # Raw JSON inside <script>: entities are not decoded there; only "</" must not appear.
+    payload = {"rows": rows, "columns": [f["name"] for f in metadata["features"]]}
+    data = orjson.dumps(payload).decode().replace("</", "<\\/")
     return PAGE.format(
         fields="\n".join(fields),
         options=options,

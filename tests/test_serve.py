@@ -1,0 +1,438 @@
+"""The REST server over real HTTP: protocol, errors, fuzzing, concurrency, MLflow parity."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from winequality.schema import FEATURE_NAMES
+from winequality.serve import create_app
+
+COLUMNS = list(FEATURE_NAMES)
+ALLOWED_STATUSES = {200, 400, 413, 415, 422}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="error", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(scorer) -> Iterator[str]:
+    with ServerThread(create_app(scorer, max_body_bytes=2_000_000)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def wines(red_csv: Path) -> pd.DataFrame:
+    return pd.read_csv(red_csv, sep=";")[COLUMNS].head(25)
+
+
+def bodies(frame: pd.DataFrame) -> dict[str, tuple[str, bytes]]:
+    records = frame.to_dict(orient="records")
+    return {
+        "dataframe_split": (
+            "application/json",
+            json.dumps(
+                {"dataframe_split": {"columns": COLUMNS, "data": frame.to_numpy().tolist()}}
+            ).encode(),
+        ),
+        "dataframe_records": (
+            "application/json",
+            json.dumps({"dataframe_records": records}).encode(),
+        ),
+        "instances": ("application/json", json.dumps({"instances": records}).encode()),
+        "inputs": (
+            "application/json",
+            json.dumps({"inputs": {c: frame[c].tolist() for c in COLUMNS}}).encode(),
+        ),
+        "csv": ("text/csv", frame.to_csv(index=False).encode()),
+        "csv-charset": ("text/csv; charset=utf-8", frame.to_csv(index=False).encode()),
+        "parquet": ("application/vnd.apache.parquet", _parquet(frame)),
+    }
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer)
+    return buffer.getvalue()
+
+
+def test_every_protocol_form_scores_like_mlflow(client, wines, mlflow_pyfunc) -> None:
+    expected = mlflow_pyfunc.predict(wines.astype("float64"))
+    for form, (content_type, body) in bodies(wines).items():
+        answer = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 200, (form, answer.text)
+        assert list(answer.json()) == ["predictions"]
+        np.testing.assert_allclose(answer.json()["predictions"], expected, rtol=0, atol=1e-9)
+
+
+def test_informational_endpoints(client, trained_model) -> None:
+    assert client.get("/ping").status_code == 200
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "model_loaded": True,
+        "model_uri": trained_model.model_uri,
+    }
+    assert set(client.get("/version").json()) == {"winequality", "mlflow", "scikit-learn"}
+    meta = client.get("/metadata").json()
+    assert meta["run_id"] == trained_model.result.run_id
+    assert [
+        c["name"] for c in meta["signature"]["inputs"] and json.loads(meta["signature"]["inputs"])
+    ] == COLUMNS
+    assert len(meta["input_example"]["data"]) == 5
+    ph = next(f for f in meta["features"] if f["name"] == "pH")
+    assert (ph["minimum"], ph["maximum"], ph["unit"]) == (0, 14, "pH")
+    spec = client.get("/openapi.json").json()
+    wine = spec["components"]["schemas"]["Wine"]
+    assert wine["required"] == COLUMNS and wine["properties"]["alcohol"]["maximum"] == 100
+    assert set(spec["paths"]["/invocations"]["post"]["responses"]) == {
+        "200",
+        "400",
+        "413",
+        "415",
+        "422",
+    }
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
+    assert page.text.count('inputmode="decimal"') == 11
+
+
+def test_schema_violations_are_422_listing_every_cell(client, wines) -> None:
+    data = wines.head(3).astype(object).to_numpy().tolist()
+    data[0][COLUMNS.index("pH")] = 15
+    data[1][COLUMNS.index("alcohol")] = None
+    data[2][COLUMNS.index("density")] = "heavy"
+    data[2][COLUMNS.index("chlorides")] = 1e308
+    answer = client.post(
+        "/invocations", json={"dataframe_split": {"columns": COLUMNS, "data": data}}
+    )
+    assert answer.status_code == 422
+    body = answer.json()
+    assert body["error_code"] == "INVALID_INPUT" and "4 problems" in body["message"]
+    found = {(e["row"], e["column"]) for e in body["errors"]}
+    assert found == {(0, "pH"), (1, "alcohol"), (2, "density"), (2, "chlorides")}
+    assert all(e["reason"] for e in body["errors"])
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "code"),
+    [
+        ("application/json", b"{not json", 400, "BAD_REQUEST"),
+        ("application/json", b'{"columns": []}', 400, "BAD_REQUEST"),
+        ("application/json", b'{"inputs": [[7.4, 0.7]]}', 400, "BAD_REQUEST"),
+        ("text/csv", b"", 400, "BAD_REQUEST"),
+        ("text/plain", b"7.4", 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("application/json; charset=latin-1", b"{}", 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("application/json; format=pandas-split", b"{}", 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("application/json", b"x" * 2_000_001, 413, "PAYLOAD_TOO_LARGE"),
+    ],
+)
+def test_bad_requests_get_json_errors(client, content_type, body, status, code) -> None:
+    answer = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == status
+    assert answer.json()["error_code"] == code and answer.json()["message"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(client) -> None:
+    def chunks():
+        for _ in range(30):
+            yield b" " * 100_000
+
+    answer = client.post(
+        "/invocations", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 413
+
+
+def test_unknown_paths_and_methods(client) -> None:
+    assert client.get("/nope").json()["error_code"] == "NOT_FOUND"
+    answer = client.get("/invocations")
+    assert answer.status_code == 405 and answer.json()["error_code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_out_of_range_scoring_when_allowed_carries_a_warning(scorer, wines) -> None:
+    with ServerThread(create_app(scorer, allow_out_of_range=True)) as url:
+        data = wines.head(1).to_numpy().tolist()
+        data[0][COLUMNS.index("alcohol")] = 120.0
+        answer = httpx.post(
+            f"{url}/invocations",
+            json={
+                "dataframe_split": {"columns": [*COLUMNS, "colour"], "data": [data[0] + ["red"]]}
+            },
+        )
+    assert answer.status_code == 200
+    warning = answer.headers["x-winequality-warnings"]
+    assert "colour: unknown column" in warning and "alcohol" in warning
+
+
+# --- fuzzing: thousands of generated bodies, never a 5xx, never a trace ----------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+cells = st.one_of(
+    st.floats(allow_nan=False),
+    st.integers(),
+    st.text(max_size=5),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+)
+near_valid = st.builds(
+    lambda form, names, rows: (
+        {form: {"columns": names, "data": rows}}
+        if form == "dataframe_split"
+        else {form: [dict(zip(names, r, strict=False)) for r in rows]}
+    ),
+    st.sampled_from(["dataframe_split", "dataframe_records", "instances", "inputs"]),
+    st.one_of(
+        st.just(COLUMNS),
+        st.permutations(COLUMNS),
+        st.lists(st.sampled_from([*COLUMNS, "quality", "x"]), max_size=13),
+    ),
+    st.lists(st.lists(cells, min_size=0, max_size=13), max_size=4),
+)
+raw_bodies = st.one_of(
+    near_valid.map(lambda b: json.dumps(b).encode()),
+    json_values.map(lambda b: json.dumps(b).encode()),
+    st.binary(max_size=64),
+)
+
+
+@given(
+    body=raw_bodies,
+    content_type=st.sampled_from(
+        [
+            "application/json",
+            "application/json",
+            "application/json",
+            "text/csv",
+            "application/vnd.apache.parquet",
+        ]
+    ),
+)
+@settings(
+    max_examples=3000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+def test_fuzzed_bodies_never_crash_the_server(client, body, content_type) -> None:
+    answer = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code in ALLOWED_STATUSES, answer.text
+    assert "Traceback" not in answer.text and 'File "' not in answer.text
+    payload = answer.json()
+    assert ("predictions" in payload) == (answer.status_code == 200)
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+def test_eight_clients_get_the_answers_one_client_gets(base_url, red_csv) -> None:
+    frame = pd.read_csv(red_csv, sep=";")[COLUMNS]
+    batches = [frame.iloc[i * 7 : (i + 1) * 7 + i] for i in range(64)]
+
+    def body(batch):
+        return {"dataframe_split": {"columns": COLUMNS, "data": batch.to_numpy().tolist()}}
+
+    with httpx.Client(base_url=base_url) as single:
+        alone = [single.post("/invocations", json=body(b)).json() for b in batches]
+
+    def worker(index: int) -> list[dict]:
+        with httpx.Client(base_url=base_url) as http:
+            return [
+                http.post("/invocations", json=body(batches[k])).json() for k in range(index, 64, 8)
+            ]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(worker, range(8)))
+    for index, answers in enumerate(results):
+        assert answers == [alone[k] for k in range(index, 64, 8)]
+
+
+# --- the real processes ----------------------------------------------------------------------
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited: {process.stderr.read() if process.stderr else ''}"
+            )
+        try:
+            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("server did not start")
+
+
+def server_env(trained_model) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": trained_model.tracking_uri,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+@pytest.mark.slow
+def test_same_answers_as_mlflows_own_scoring_server(trained_model, wines, client) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            trained_model.model_uri,
+            "-p",
+            str(port),
+            "--env-manager",
+            "local",
+            "-w",
+            "1",
+        ],
+        env=server_env(trained_model),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}", process)
+        for form, (content_type, body) in bodies(wines).items():
+            if form == "parquet":
+                continue
+            headers = {"Content-Type": content_type}
+            theirs = httpx.post(
+                f"http://127.0.0.1:{port}/invocations", content=body, headers=headers, timeout=30
+            )
+            ours = client.post("/invocations", content=body, headers=headers)
+            assert theirs.status_code == ours.status_code == 200, (form, theirs.text)
+            np.testing.assert_allclose(
+                ours.json()["predictions"], theirs.json()["predictions"], rtol=0, atol=1e-9
+            )
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_cli_serve_finishes_in_flight_requests_on_sigterm(trained_model, wines) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            Path(sys.executable).with_name("winequality"),
+            "serve",
+            "--model",
+            "models:/wine-test@champion",
+            "--port",
+            str(port),
+        ],
+        env=server_env(trained_model),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, process)
+        body = json.dumps(
+            {"dataframe_split": {"columns": COLUMNS, "data": wines.to_numpy().tolist()}}
+        ).encode()
+        sent_half = threading.Event()
+
+        def slow_body():
+            yield body[: len(body) // 2]
+            sent_half.set()
+            time.sleep(1.0)  # SIGTERM arrives while this request is in flight
+            yield body[len(body) // 2 :]
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                httpx.post,
+                f"{url}/invocations",
+                content=slow_body(),
+                headers={"Content-Type": "application/json"},
+                timeout=30,
+            )
+            sent_half.wait(10)
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            answer = pending.result()
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 25
+        # uvicorn re-raises SIGTERM once drained, so supervisors see why it stopped
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_cli_serve_refuses_a_bad_model_uri_with_exit_2(trained_model) -> None:
+    from typer.testing import CliRunner
+
+    from winequality.cli import app
+
+    answer = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "--model",
+            "models:/absent@champion",
+            "--tracking-uri",
+            trained_model.tracking_uri,
+        ],
+    )
+    assert answer.exit_code == 2 and "cannot load model" in answer.output
