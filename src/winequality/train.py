@@ -117,35 +117,16 @@ def train(config: TrainConfig) -> TrainResult:
     train_y, test_y = train_frame[schema.TARGET.name], test_frame[schema.TARGET.name]
     example = schema.input_example(train_x)
 
-    logged_model_id: str | None = None
     with mlflow.start_run(run_name=config.run_name) as run:  # exits FAILED on any exception
-        try:
-            mlflow.set_tags({**config.tags, **_provenance_tags()})
-            _log_datasets(mlflow, wine, train_frame, test_frame)
-            with _sklearn_autolog(mlflow):
-                estimator.fit(train_x, train_y)
-            predictions = estimator.predict(test_x)
-            metrics = regression_metrics(test_y.to_numpy(), predictions)
-            mlflow.log_metrics(metrics)
-            mlflow.log_artifact(str(wine.path))
-            # MLflow validates the serving example while logging but only warns on failure;
-            # verify_logged_model below is the gate that fails the run.
-            with allow_model_deserialization():
-                model_info = mlflow.sklearn.log_model(
-                    estimator,
-                    name=MODEL_NAME,
-                    signature=schema.model_signature(),
-                    input_example=example,
-                    serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-                    pip_requirements=pip_requirements(),
-                )
-            logged_model_id = model_info.model_id
-            verify_logged_model(model_info.model_uri, example, estimator.predict(example))
-        except BaseException:
-            if logged_model_id is not None:
-                with contextlib.suppress(Exception):
-                    mlflow.MlflowClient().delete_logged_model(logged_model_id)
-            raise
+        mlflow.set_tags({**config.tags, **provenance_tags()})
+        log_datasets(wine, train_frame, test_frame)
+        with _sklearn_autolog(mlflow):
+            estimator.fit(train_x, train_y)
+        predictions = estimator.predict(test_x)
+        metrics = regression_metrics(test_y.to_numpy(), predictions)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(wine.path))
+        model_info = log_wine_model(estimator, example)
         artifact_uri = mlflow.get_artifact_uri()
 
     linear = estimator[-1]
@@ -176,6 +157,39 @@ def train(config: TrainConfig) -> TrainResult:
         ),
         intercept=float(np.ravel(linear.intercept_)[0]),
     )
+
+
+def log_wine_model(estimator: Any, example: pd.DataFrame, name: str = MODEL_NAME) -> Any:
+    """Log a fitted pipeline under the active run, the way every winequality model is logged.
+
+    Signature and input example come from the schema, the format is skops, requirements are
+    pinned, and the logged model is reloaded and checked; on any failure it is deleted, so no
+    half-logged model remains. Returns MLflow's ModelInfo.
+    """
+    import mlflow
+    import mlflow.sklearn
+
+    logged_model_id: str | None = None
+    try:
+        # MLflow validates the serving example while logging but only warns on failure;
+        # verify_logged_model below is the gate that fails the run.
+        with allow_model_deserialization():
+            model_info = mlflow.sklearn.log_model(
+                estimator,
+                name=name,
+                signature=schema.model_signature(),
+                input_example=example,
+                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+                pip_requirements=pip_requirements(),
+            )
+        logged_model_id = model_info.model_id
+        verify_logged_model(model_info.model_uri, example, estimator.predict(example))
+    except BaseException:
+        if logged_model_id is not None:
+            with contextlib.suppress(Exception):
+                mlflow.MlflowClient().delete_logged_model(logged_model_id)
+        raise
+    return model_info
 
 
 def verify_logged_model(model_uri: str, example: pd.DataFrame, expected: np.ndarray) -> None:
@@ -253,9 +267,13 @@ def _sklearn_autolog(mlflow: Any) -> Iterator[None]:
         mlflow.sklearn.autolog(disable=True, silent=True)
 
 
-def _log_datasets(
-    mlflow: Any, wine: wine_data.WineData, train_frame: pd.DataFrame, test_frame: pd.DataFrame
+def log_datasets(
+    wine: wine_data.WineData, train_frame: pd.DataFrame, test_frame: pd.DataFrame
 ) -> None:
+    """Train and test frames as MLflow datasets of the active run (contexts training/testing)."""
+    import mlflow
+    import mlflow.data
+
     stem = Path(wine.source).stem if "://" not in wine.source else wine.path.stem
     for frame, context in ((train_frame, "training"), (test_frame, "testing")):
         with warnings.catch_warnings():
@@ -284,7 +302,7 @@ def _write_outputs(
     return targets
 
 
-def _provenance_tags() -> dict[str, str]:
+def provenance_tags() -> dict[str, str]:
     tags = {"winequality.version": version("winequality")}
     commit = _git_commit(Path(__file__).resolve().parent)
     if commit:
