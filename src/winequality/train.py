@@ -272,7 +272,7 @@ def log_datasets(
 ) -> None:
     """Train and test frames as MLflow datasets of the active run (contexts training/testing)."""
     import mlflow
-    import mlflow.data
+    from mlflow.data.pandas_dataset import from_pandas
 
     stem = Path(wine.source).stem if "://" not in wine.source else wine.path.stem
     for frame, context in ((train_frame, "training"), (test_frame, "testing")):
@@ -280,7 +280,7 @@ def log_datasets(
             # MLflow hints that an int column cannot hold NaN (quality is an int on purpose)
             # and that a local path matches its local-source class twice; neither is actionable.
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(
+            dataset = from_pandas(
                 frame, source=wine.source, targets=schema.TARGET.name, name=f"{stem}-{context}"
             )
             mlflow.log_input(dataset, context=context)  # the schema is inferred here, lazily
