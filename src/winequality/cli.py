@@ -262,6 +262,183 @@ def serve(
     )
 
 
+class Family(StrEnum):
+    elasticnet = "elasticnet"
+    svr = "svr"
+    random_forest = "random-forest"
+    hist_gradient_boosting = "hist-gradient-boosting"
+
+
+class ProtocolChoice(StrEnum):
+    grouped = "grouped"
+    random = "random"
+    single_split = "split"  # a member named `split` would shadow str.split
+
+
+@app.command()
+def sweep(
+    data: DataOption = None,
+    wine: Annotated[
+        WineColour, typer.Option(help="Which UCI file when no --data.")
+    ] = WineColour.red,
+    model: Annotated[Family, typer.Option("--model", help="Model family.")] = Family.elasticnet,
+    trials: Annotated[
+        int,
+        typer.Option(min=1, help="Finished trials the study should hold, all workers together."),
+    ] = 50,
+    jobs: Annotated[int, typer.Option(min=1, help="Parallel workers in this process.")] = 1,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after N s.")] = None,
+    grid: Annotated[bool, typer.Option("--grid", help="Grid search instead of TPE.")] = False,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            help="Study name; the same name resumes or joins it. Default: <model>-<protocol>."
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            envvar="WINEQUALITY_STORAGE",
+            show_envvar=True,
+            help="Optuna storage, e.g. postgresql://host/db. Default: sqlite:///optuna.db",
+        ),
+    ] = None,
+    protocol: Annotated[ProtocolChoice, typer.Option(help="CV protocol.")] = ProtocolChoice.grouped,
+    folds: Annotated[int, typer.Option(min=2)] = 5,
+    repeats: Annotated[int, typer.Option(min=1)] = 1,
+    seed: Annotated[int, typer.Option(help="Split, folds and sampler seed.")] = 40,
+    experiment: Annotated[str, typer.Option()] = "winequality-sweep",
+    tracking_uri: TrackingOption = None,
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "wine-quality",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Make the new version champion even if it does not beat the current one.",
+        ),
+    ] = False,
+) -> None:
+    """Tune a model family with Optuna; every trial is a nested MLflow run; the best is
+    refit, tested once on held-out rows, registered, and promoted only if it wins."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from winequality.sweep import SweepConfig, SweepError, TrialEvent, run_sweep
+
+    config = SweepConfig(
+        data=data,
+        wine=wine.value,
+        family=model.value,
+        trials=trials,
+        jobs=jobs,
+        timeout=timeout,
+        grid=grid,
+        study=study,
+        storage=storage,
+        protocol=protocol.value,
+        folds=folds,
+        repeats=repeats,
+        seed=seed,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        model_name=name,
+        force=force,
+    )
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best CV RMSE {task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"study {config.study_name}", total=trials, best="–")
+
+        def advance(event: TrialEvent) -> None:
+            progress.update(
+                task, completed=event.complete, total=event.target, best=f"{event.best_value:.4f}"
+            )
+
+        def run() -> Any:
+            try:
+                return run_sweep(config, on_trial=advance)
+            except SweepError as exc:
+                raise ValueError(str(exc)) from exc
+
+        result = _guard(run)
+    out.print(
+        f"Study {result.study}: {result.complete} finished trials "
+        f"({result.ran_here} run here); parent run {result.parent_run_id}"
+    )
+    out.print(
+        f"Best trial {result.best_trial}: "
+        + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in result.best_params.items()
+        )
+    )
+    if not result.finalized:
+        out.print("Another worker finishes the study and registers its best model.")
+        return
+    rows = {k: result.test_metrics[k] for k in result.test_metrics}
+    _metrics_table(
+        {f"cv {k}": v for k, v in result.best_cv.items() if k in ("rmse", "mae", "r2")}
+        | {f"test {k}": v for k, v in rows.items()},
+        title="best model",
+    )
+    out.print(f"Model: {result.model_uri}  (run {result.final_run_id})")
+    if result.decision is not None:
+        d = result.decision
+        colour = "green" if d.alias == "champion" else "yellow"
+        out.print(f"Registered {d.name} v{d.version} as [{colour}]{d.alias}[/]: {d.reason}")
+
+
+@app.command()
+def models(
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "wine-quality",
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """List the registered versions with their aliases and held-out metrics."""
+    from winequality.registry import list_versions
+    from winequality.tracking import connect
+
+    _guard(lambda: connect(tracking_uri))
+    versions = list_versions(name)
+    if not versions:
+        err.print(f"[yellow]no registered model named {name!r}[/]")
+        raise typer.Exit(1)
+    table = Table(title=f"registered model {name}", header_style="bold")
+    for column in (
+        "version",
+        "aliases",
+        "family",
+        "study",
+        "test rmse",
+        "test mae",
+        "test r2",
+        "cv rmse",
+        "run",
+    ):
+        table.add_column(
+            column,
+            justify="right" if "rmse" in column or "r2" in column or "mae" in column else "left",
+        )
+    for v in versions:
+        t = v.tags
+        table.add_row(
+            v.version,
+            ", ".join(v.aliases),
+            t.get("winequality.family", ""),
+            t.get("winequality.study", ""),
+            t.get("test_rmse", "")[:6],
+            t.get("test_mae", "")[:6],
+            t.get("test_r2", "")[:6],
+            t.get("cv_rmse", "")[:6],
+            (v.run_id or "")[:12],
+        )
+    out.print(table)
+
+
 def _metrics_table(metrics: dict[str, Any], title: str | None = None) -> None:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
