@@ -184,7 +184,7 @@ def feature_importance(
 
     result = permutation_importance(
         estimator,
-        features.to_numpy(),
+        features,
         target,
         n_repeats=5,
         random_state=0,

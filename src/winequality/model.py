@@ -16,6 +16,25 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 RANDOM_STATE = 42  # the seed's ElasticNet(random_state=42)
+# Types our families hold that skops does not trust by default. Loading checks a model against
+# this list, never against the list stored inside the model file (which an attacker controls).
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.tree._tree.Tree",  # random forest
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    }
+)
+
+
+def untrusted_types(estimator: Any) -> list[str]:
+    """What skops would refuse to load in this estimator; an error if we do not trust it."""
+    import skops.io
+
+    found = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(estimator)))
+    unknown = [t for t in found if t not in TRUSTED_TYPES]
+    if unknown:
+        raise ValueError(f"the estimator holds types winequality does not trust: {unknown}")
+    return found
 
 
 def elasticnet(

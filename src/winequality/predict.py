@@ -27,21 +27,11 @@ import numpy as np
 import pandas as pd
 
 from winequality import schema
+from winequality.model import TRUSTED_TYPES
 from winequality.schema import FEATURE_NAMES, FeatureIssue, SchemaError, Validation
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 FEATURE_LIST = list(FEATURE_NAMES)
-# Types a winequality model may contain beyond skops' defaults (sklearn estimators, numpy).
-TRUSTED_TYPES = frozenset(
-    {
-        "sklearn.tree._tree.Tree",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "sklearn._loss.loss.HalfSquaredError",
-        "sklearn._loss.link.IdentityLink",
-        "sklearn._loss.link.Interval",
-        "collections.OrderedDict",
-    }
-)
 
 
 class ModelLoadError(RuntimeError):
@@ -169,7 +159,7 @@ def _load_skops(path: Path, model_uri: str) -> Any:
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(file=path)
-    unknown = sorted(set(untrusted) - TRUSTED_TYPES)
+    unknown = sorted(set(untrusted) - TRUSTED_TYPES)  # our list, not the one in the file
     if unknown:
         raise ModelLoadError(
             f"{model_uri} contains types winequality does not trust: {', '.join(unknown)}"

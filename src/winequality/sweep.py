@@ -15,11 +15,12 @@ that `train`, `evaluate` or `registry` already own.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,11 +184,38 @@ def run_sweep(
 
 
 def _fail_stale_trials(study: Any) -> None:
+    """Mark trials of dead workers FAIL: silent heartbeats, or none ever recorded.
+
+    Optuna only knows the first kind; a worker killed between ask() and its first heartbeat
+    leaves a RUNNING trial with no heartbeat row, which would otherwise block the study forever.
+    """
+    import datetime
+
     import optuna
+    from optuna.storages._rdb.models import TrialHeartbeatModel  # Optuna's own table
+    from optuna.trial import TrialState
 
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9, and what we need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    running = _trials(study, "RUNNING")
+    if not running:
+        return
+    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    with storage.engine.connect() as connection:
+        beating = {
+            row[0]
+            for row in connection.execute(
+                TrialHeartbeatModel.__table__.select().with_only_columns(
+                    TrialHeartbeatModel.trial_id
+                )
+            )
+        }
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=GRACE_SECONDS)
+    for trial in running:
+        if trial._trial_id not in beating and trial.datetime_start < cutoff:
+            with contextlib.suppress(Exception):  # another worker may have failed it first
+                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
 
 
 def open_storage(url: str) -> Any:
@@ -198,12 +226,14 @@ def open_storage(url: str) -> Any:
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}  # several threads or processes write
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+            )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise tracking.TrackingError(
@@ -311,6 +341,27 @@ def _delete_orphans(client: Any, experiment_id: str, study: Any) -> None:
                 client.delete_run(run_id)
 
 
+@contextlib.contextmanager
+def _heartbeat(study: Any, trial: Any) -> Iterator[None]:
+    """Record the trial's heartbeat while it runs (Optuna only does this inside optimize())."""
+    storage = study._storage
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial._trial_id)
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class _Worker:
     """The ask → cross-validate → log → tell loop; several may run in threads."""
 
@@ -358,18 +409,22 @@ class _Worker:
             time.sleep(0.5)  # others are finishing the last trials; stale ones get failed
             _fail_stale_trials(self.study)
             return True
-        trial = self.study.ask()
+        with warnings.catch_warnings():  # we record heartbeats ourselves, see _heartbeat
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = self.study.ask()
+        self.study._storage.record_heartbeat(trial._trial_id)  # at once: see _fail_stale_trials
         active = sorted(t.number for t in _trials(self.study, "COMPLETE", "RUNNING"))
         if trial.number not in active[: self.target]:  # another worker took the last slot
             trial.set_user_attr("overflow", True)
             self.study.tell(trial, state=TrialState.FAIL)
             return True
-        params = self.family.suggest(trial)
-        cv = evaluate.cross_validate(
-            lambda: self.family.build(params), self.x_train, self.y_train, self.folds
-        )
-        trial.set_user_attr("cv", cv.mean)
-        self._log_child(trial.number, params, cv)
+        with _heartbeat(self.study, trial):
+            params = self.family.suggest(trial)
+            cv = evaluate.cross_validate(
+                lambda: self.family.build(params), self.x_train, self.y_train, self.folds
+            )
+            trial.set_user_attr("cv", cv.mean)
+            self._log_child(trial.number, params, cv)
         self.study.tell(trial, cv.mean["rmse"])
         with self.lock:
             self.mine.add(trial.number)

@@ -25,7 +25,7 @@ import pandas as pd
 from winequality import data as wine_data
 from winequality import schema, tracking
 from winequality.evaluate import regression_metrics
-from winequality.model import elasticnet
+from winequality.model import elasticnet, untrusted_types
 
 DEFAULT_EXPERIMENT = "experiment_signature"
 DEFAULT_TAGS: Mapping[str, str] = {
@@ -181,6 +181,7 @@ def log_wine_model(estimator: Any, example: pd.DataFrame, name: str = MODEL_NAME
                 input_example=example,
                 serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
                 pip_requirements=pip_requirements(),
+                skops_trusted_types=untrusted_types(estimator) or None,
             )
         logged_model_id = model_info.model_id
         verify_logged_model(model_info.model_uri, example, estimator.predict(example))

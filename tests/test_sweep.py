@@ -1,0 +1,213 @@
+"""Sweeps on real SQLite stores: nested runs, the champion gate, resuming, a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from winequality import registry
+from winequality.cli import app
+from winequality.sweep import SweepConfig, SweepError, run_sweep
+
+runner = CliRunner()
+
+
+def config(red_csv, workdir, **overrides) -> SweepConfig:
+    base = {
+        "data": str(red_csv),
+        "trials": 6,
+        "folds": 3,
+        "storage": f"sqlite:///{workdir / 'optuna.db'}",
+        "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+    }
+    return SweepConfig(**{**base, **overrides})
+
+
+def trial_runs(cfg: SweepConfig, study: str) -> list:
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    return client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(
+            f"tags.`winequality.study` = '{study}' and tags.`winequality.role` = 'trial'"
+        ),
+    )
+
+
+def test_a_sweep_logs_every_trial_and_registers_a_champion(red_csv, workdir) -> None:
+    cfg = config(red_csv, workdir)
+    seen = []
+    result = run_sweep(cfg, on_trial=seen.append)
+    assert result.complete == 6 and result.ran_here == 6 and len(seen) == 6
+    assert seen[-1].best_value == pytest.approx(min(e.value for e in seen))
+    runs = trial_runs(cfg, result.study)
+    assert sorted(int(r.data.tags["winequality.trial"]) for r in runs) == list(range(6))
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {result.parent_run_id}
+    assert all(
+        {"cv_rmse", "cv_rmse_std", "cv_accuracy_within_0.5"} <= set(r.data.metrics)
+        and {"alpha", "l1_ratio"} == set(r.data.params)
+        for r in runs
+    )
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    final = client.get_run(result.final_run_id)
+    assert final.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert final.data.metrics["test_rmse"] == pytest.approx(result.test_metrics["rmse"])
+    artifacts = {a.path for a in client.list_artifacts(result.final_run_id, "evaluation")}
+    assert artifacts == {
+        "evaluation/predicted_vs_actual.png",
+        "evaluation/importance.png",
+        "evaluation/search.png",
+        "evaluation/report.md",
+    }
+    info = mlflow.models.get_model_info(result.model_uri)
+    assert info.signature.inputs.input_names()[0] == "fixed acidity"  # train's logging path
+    assert result.decision.alias == "champion" and result.decision.version == "1"
+
+
+def test_the_champion_moves_only_to_a_better_model(red_csv, workdir) -> None:
+    good = run_sweep(config(red_csv, workdir, study="good", trials=8))
+    assert good.decision.alias == "champion"
+    bad = run_sweep(config(red_csv, workdir, study="bad", grid=True, trials=1))  # alpha=1e-4
+    worse = run_sweep(
+        config(red_csv, workdir, family="random-forest", study="forest", trials=1, grid=True)
+    )
+    decisions = [d.decision for d in (bad, worse)]
+    for decision in decisions:
+        if decision.score >= good.test_metrics["rmse"]:
+            assert decision.alias == "challenger" and "does not beat" in decision.reason
+        else:
+            assert decision.alias == "champion"
+    mlflow.set_tracking_uri(config(red_csv, workdir).tracking_uri)
+    champions = [v for v in registry.list_versions() if "champion" in v.aliases]
+    assert len(champions) == 1
+    forced = run_sweep(config(red_csv, workdir, study="forced", grid=True, trials=1, force=True))
+    assert forced.decision.alias == "champion" and "--force" in forced.decision.reason
+
+
+def test_rerunning_a_study_continues_it_without_duplicates(red_csv, workdir) -> None:
+    first = run_sweep(config(red_csv, workdir, trials=4))
+    again = run_sweep(config(red_csv, workdir, trials=4))
+    assert again.ran_here == 0 and not again.finalized  # already complete and registered
+    more = run_sweep(config(red_csv, workdir, trials=7))
+    assert more.ran_here == 3 and more.complete == 7
+    assert more.parent_run_id == first.parent_run_id
+    runs = trial_runs(config(red_csv, workdir), more.study)
+    assert sorted(int(r.data.tags["winequality.trial"]) for r in runs) == list(range(7))
+
+
+def test_resuming_with_other_settings_is_refused(red_csv, workdir) -> None:
+    run_sweep(config(red_csv, workdir, trials=2))
+    with pytest.raises(SweepError, match="folds differ"):
+        run_sweep(config(red_csv, workdir, trials=3, folds=4))
+
+
+def test_parallel_jobs_share_one_study(red_csv, workdir) -> None:
+    result = run_sweep(config(red_csv, workdir, trials=10, jobs=2))
+    assert result.complete == 10 and result.ran_here == 10
+    numbers = sorted(
+        int(r.data.tags["winequality.trial"])
+        for r in trial_runs(config(red_csv, workdir), result.study)
+    )
+    assert numbers == list(range(10))
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_no_trial_and_logs_none_twice(red_csv, workdir) -> None:
+    cfg = config(red_csv, workdir, trials=40, study="killed")
+    command = [
+        str(Path(sys.executable).with_name("winequality")),
+        "sweep",
+        "--data",
+        str(red_csv),
+        "--trials",
+        "40",
+        "--folds",
+        "3",
+        "--study",
+        "killed",
+        "--storage",
+        cfg.storage,
+        "--tracking-uri",
+        cfg.tracking_uri,
+    ]
+    worker = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    storage = optuna.storages.RDBStorage(cfg.storage)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill it in the middle of the sweep
+        try:
+            done = [
+                t
+                for t in optuna.load_study(study_name="killed", storage=storage).trials
+                if t.state.is_finished()
+            ]
+        except KeyError:
+            done = []
+        if len(done) >= 5:
+            break
+        time.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    finished_before = {
+        t.number
+        for t in optuna.load_study(study_name="killed", storage=storage).trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    assert 5 <= len(finished_before) < 40
+    result = run_sweep(cfg)  # the restart
+    study = optuna.load_study(study_name="killed", storage=storage)
+    complete = {t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert finished_before <= complete and len(complete) == 40 == result.complete
+    logged = [int(r.data.tags["winequality.trial"]) for r in trial_runs(cfg, "killed")]
+    assert sorted(logged) == sorted(complete)  # one run per finished trial, none twice
+
+
+def test_cli_sweep_and_models(red_csv, workdir) -> None:
+    cfg = config(red_csv, workdir)
+    answer = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--data",
+            str(red_csv),
+            "--trials",
+            "3",
+            "--folds",
+            "3",
+            "--storage",
+            cfg.storage,
+            "--tracking-uri",
+            cfg.tracking_uri,
+        ],
+    )
+    assert answer.exit_code == 0, answer.output
+    assert "Registered wine-quality v1 as champion" in answer.output
+    listing = runner.invoke(
+        app, ["models", "--tracking-uri", cfg.tracking_uri], env={"COLUMNS": "200"}
+    )
+    assert (
+        listing.exit_code == 0 and "champion" in listing.output and "elasticnet" in listing.output
+    )
+    bad = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--data",
+            str(red_csv),
+            "--storage",
+            "nosuch://x",
+            "--tracking-uri",
+            cfg.tracking_uri,
+        ],
+    )
+    assert bad.exit_code == 2 and "cannot open the Optuna storage" in bad.output
