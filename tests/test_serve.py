@@ -303,7 +303,9 @@ def test_eight_clients_get_the_answers_one_client_gets(base_url, red_csv) -> Non
 # --- the real processes ----------------------------------------------------------------------
 
 
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(
+    url: str, process: subprocess.Popen, timeout: float = 120, path: str = "/ping"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -311,7 +313,7 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
                 f"server exited: {process.stderr.read() if process.stderr else ''}"
             )
         try:
-            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             time.sleep(0.2)

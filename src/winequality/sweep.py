@@ -114,7 +114,7 @@ def run_sweep(
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment_id = mlflow.set_experiment(config.experiment).experiment_id
+    experiment_id = _set_experiment(config.experiment)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(config.storage or DEFAULT_STORAGE)
@@ -225,20 +225,49 @@ def open_storage(url: str) -> Any:
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}  # several threads or processes write
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-            )
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise tracking.TrackingError(
-            f"cannot open the Optuna storage {tracking._redact(url)}: {first}"
-        ) from exc
+    last: Exception | None = None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                )
+        except Exception as exc:
+            last = exc
+            # Workers starting together race to create Optuna's tables in a new database:
+            # the loser sees a duplicate and simply tries again once the tables exist.
+            if not _is_creation_race(exc):
+                break
+            time.sleep(0.5 * (attempt + 1))
+    assert last is not None
+    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+    raise tracking.TrackingError(
+        f"cannot open the Optuna storage {tracking._redact(url)}: {first}"
+    ) from last
+
+
+def _is_creation_race(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "duplicate key" in text or "already exists" in text or "unique constraint" in text
+
+
+def _set_experiment(name: str) -> str:
+    """Get or create the experiment; two workers creating it at once both end up using it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(5):
+        try:
+            return str(mlflow.set_experiment(name).experiment_id)
+        except MlflowException as exc:
+            if not _is_creation_race(exc):
+                raise
+            time.sleep(0.5)
+    return str(mlflow.set_experiment(name).experiment_id)
 
 
 def _sampler(grid: dict[str, list[Any]] | None, seed: int | None) -> Any:
