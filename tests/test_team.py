@@ -104,7 +104,7 @@ def test_two_workers_share_one_study_and_one_tracking_server(
         for _ in range(2)
     ]
     outputs = [w.communicate(timeout=600) for w in workers]
-    for worker, (out, err) in zip(workers, outputs, strict=True):
+    for worker, (_out, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err
     assert sum("Registered wine-quality" in out for out, _ in outputs) == 1  # one finalizer
 
