@@ -36,52 +36,85 @@ def main() -> None:
     os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"
 
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(HERE / "seed_baseline.py"), str(SEED_DATA),
-                    str(work / "seed")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(HERE / "seed_baseline.py"), str(SEED_DATA), str(work / "seed")],
+        check=True,
+        capture_output=True,
+    )
     seed_run = time.perf_counter() - start
 
     from winequality.sweep import SweepConfig, run_sweep
 
     tracking = f"sqlite:///{work / 'mlflow.db'}"
     storage = f"sqlite:///{work / 'optuna.db'}"
-    base = {"data": str(DATA), "tracking_uri": tracking, "storage": storage,
-            "register": False}
+    base = {"data": str(DATA), "tracking_uri": tracking, "storage": storage, "register": False}
     run_sweep(SweepConfig(**base, trials=2, study="warm-up"))  # schema creation, imports
     start = time.perf_counter()
-    result = run_sweep(SweepConfig(**base, trials=args.trials, jobs=args.jobs,
-                                   study="speed"))
+    result = run_sweep(SweepConfig(**base, trials=args.trials, jobs=args.jobs, study="speed"))
     sweep = time.perf_counter() - start
-    print(f"speed: {args.trials}-trial ElasticNet sweep, 5-fold grouped CV, children in SQLite, "
-          f"{args.jobs} jobs, {os.cpu_count()} cores")
+    print(
+        f"speed: {args.trials}-trial ElasticNet sweep, 5-fold grouped CV, children in SQLite, "
+        f"{args.jobs} jobs, {os.cpu_count()} cores"
+    )
     print(f"{'what':44} {'seconds':>9} {'ratio':>8}")
-    print(f"{f'{args.trials} x one seed-style run (1 timed)':44} {seed_run * args.trials:9.1f} "
-          f"{1.0:8.2f}")
-    print(f"{'winequality sweep (incl. refit + test)':44} {sweep:9.1f} "
-          f"{sweep / (seed_run * args.trials):8.4f}  ({seed_run * args.trials / sweep:.0f}x "
-          f"faster)")
-    print(f"best ElasticNet: CV RMSE {result.best_cv['rmse']:.4f} (grouped), "
-          f"{result.best_params}")
+    print(
+        f"{f'{args.trials} x one seed-style run (1 timed)':44} {seed_run * args.trials:9.1f} "
+        f"{1.0:8.2f}"
+    )
+    print(
+        f"{'winequality sweep (incl. refit + test)':44} {sweep:9.1f} "
+        f"{sweep / (seed_run * args.trials):8.4f}  ({seed_run * args.trials / sweep:.0f}x "
+        f"faster)"
+    )
+    print(f"best ElasticNet: CV RMSE {result.best_cv['rmse']:.4f} (grouped), {result.best_params}")
     print()
-    print(f"quality: best of {args.family_trials} TPE trials per family (ElasticNet: the "
-          f"{args.trials} above), 5-fold CV on the 75% training split")
-    print(f"{'family':24} {'grouped CV RMSE':>16} {'random CV RMSE':>15} {'random CV MAD':>14} "
-          f"{'test RMSE':>10}")
+    print(
+        f"quality: best of {args.family_trials} TPE trials per family (ElasticNet: the "
+        f"{args.trials} above), 5-fold CV on the 75% training split"
+    )
+    print(
+        f"{'family':24} {'grouped CV RMSE':>16} {'random CV RMSE':>15} {'random CV MAD':>14} "
+        f"{'test RMSE':>10}"
+    )
     rows = {}
     for family in ("elasticnet", "svr", "random-forest", "hist-gradient-boosting"):
         trials = args.trials if family == "elasticnet" else args.family_trials
-        grouped = result if family == "elasticnet" else run_sweep(SweepConfig(
-            **base, family=family, trials=trials, jobs=args.jobs, study=f"{family}-grouped"))
-        randomised = run_sweep(SweepConfig(**base, family=family, trials=trials, jobs=args.jobs,
-                                           protocol="random", study=f"{family}-random"))
-        rows[family] = (grouped.best_cv["rmse"], randomised.best_cv["rmse"],
-                        randomised.best_cv["mae"], grouped.test_metrics.get("rmse", float("nan")))
-        print(f"{family:24} {rows[family][0]:16.4f} {rows[family][1]:15.4f} "
-              f"{rows[family][2]:14.4f} {rows[family][3]:10.4f}")
+        grouped = (
+            result
+            if family == "elasticnet"
+            else run_sweep(
+                SweepConfig(
+                    **base, family=family, trials=trials, jobs=args.jobs, study=f"{family}-grouped"
+                )
+            )
+        )
+        randomised = run_sweep(
+            SweepConfig(
+                **base,
+                family=family,
+                trials=trials,
+                jobs=args.jobs,
+                protocol="random",
+                study=f"{family}-random",
+            )
+        )
+        rows[family] = (
+            grouped.best_cv["rmse"],
+            randomised.best_cv["rmse"],
+            randomised.best_cv["mae"],
+            grouped.test_metrics.get("rmse", float("nan")),
+        )
+        print(
+            f"{family:24} {rows[family][0]:16.4f} {rows[family][1]:15.4f} "
+            f"{rows[family][2]:14.4f} {rows[family][3]:10.4f}"
+        )
     best = min(rows, key=lambda f: rows[f][0])
     best_mad = min(rows.values(), key=lambda r: r[2])[2]
-    print(f"best family (grouped): {best}, CV RMSE {rows[best][0]:.4f}; lowest random-fold MAD "
-          f"{best_mad:.4f} vs Cortez et al. SVM {CORTEZ_SVM_MAD_RED} "
-          f"(ratio {best_mad / CORTEZ_SVM_MAD_RED:.2f})")
+    print(
+        f"best family (grouped): {best}, CV RMSE {rows[best][0]:.4f}; lowest random-fold MAD "
+        f"{best_mad:.4f} vs Cortez et al. SVM {CORTEZ_SVM_MAD_RED} "
+        f"(ratio {best_mad / CORTEZ_SVM_MAD_RED:.2f})"
+    )
 
 
 if __name__ == "__main__":
