@@ -77,7 +77,7 @@ def main() -> None:
         f"{'test RMSE':>10}"
     )
     rows = {}
-    for family in ("elasticnet", "svr", "random-forest", "hist-gradient-boosting"):
+    for family in ("elasticnet", "svr", "random-forest", "extra-trees", "hist-gradient-boosting"):
         trials = args.trials if family == "elasticnet" else args.family_trials
         grouped = (
             result

@@ -168,6 +168,7 @@ def test_schema_violations_are_422_listing_every_cell(client, wines) -> None:
         ("application/json", b'{"columns": []}', 400, "BAD_REQUEST"),
         ("application/json", b'{"inputs": [[7.4, 0.7]]}', 400, "BAD_REQUEST"),
         ("text/csv", b"", 400, "BAD_REQUEST"),
+        ("text/csv", b'"pH";"alcohol"\n3.1;9.4\n', 400, "BAD_REQUEST"),
         ("text/plain", b"7.4", 415, "UNSUPPORTED_MEDIA_TYPE"),
         ("application/json; charset=latin-1", b"{}", 415, "UNSUPPORTED_MEDIA_TYPE"),
         ("application/json; format=pandas-split", b"{}", 415, "UNSUPPORTED_MEDIA_TYPE"),

@@ -266,6 +266,7 @@ class Family(StrEnum):
     elasticnet = "elasticnet"
     svr = "svr"
     random_forest = "random-forest"
+    extra_trees = "extra-trees"
     hist_gradient_boosting = "hist-gradient-boosting"
 
 
@@ -408,33 +409,22 @@ def models(
         err.print(f"[yellow]no registered model named {name!r}[/]")
         raise typer.Exit(1)
     table = Table(title=f"registered model {name}", header_style="bold")
-    for column in (
-        "version",
-        "aliases",
-        "family",
-        "study",
-        "test rmse",
-        "test mae",
-        "test r2",
-        "cv rmse",
-        "run",
-    ):
-        table.add_column(
-            column,
-            justify="right" if "rmse" in column or "r2" in column or "mae" in column else "left",
-        )
+    for column in ("version", "aliases", "family", "study", "test rmse", "test r2", "cv rmse"):
+        table.add_column(column, justify="right" if column.endswith(("rmse", "r2")) else "left")
+
+    def number(tag: str) -> str:
+        value = v.tags.get(tag)
+        return f"{float(value):.4f}" if value else ""
+
     for v in versions:
-        t = v.tags
         table.add_row(
             v.version,
             ", ".join(v.aliases),
-            t.get("winequality.family", ""),
-            t.get("winequality.study", ""),
-            t.get("test_rmse", "")[:6],
-            t.get("test_mae", "")[:6],
-            t.get("test_r2", "")[:6],
-            t.get("cv_rmse", "")[:6],
-            (v.run_id or "")[:12],
+            v.tags.get("winequality.family", ""),
+            v.tags.get("winequality.study", ""),
+            number("test_rmse"),
+            number("test_r2"),
+            number("cv_rmse"),
         )
     out.print(table)
 

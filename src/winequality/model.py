@@ -20,7 +20,7 @@ RANDOM_STATE = 42  # the seed's ElasticNet(random_state=42)
 # this list, never against the list stored inside the model file (which an attacker controls).
 TRUSTED_TYPES = frozenset(
     {
-        "sklearn.tree._tree.Tree",  # random forest
+        "sklearn.tree._tree.Tree",  # random forest, extra trees
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     }
 )
@@ -104,6 +104,25 @@ def _random_forest(p: dict[str, Any]) -> Pipeline:
     )
 
 
+def _extra_trees(p: dict[str, Any]) -> Pipeline:
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    return Pipeline(
+        [
+            (
+                "trees",
+                ExtraTreesRegressor(
+                    n_estimators=p["n_estimators"],
+                    max_features=p["max_features"],
+                    min_samples_leaf=p["min_samples_leaf"],
+                    random_state=RANDOM_STATE,
+                    n_jobs=1,
+                ),
+            )
+        ]
+    )
+
+
 def _hist_gradient_boosting(p: dict[str, Any]) -> Pipeline:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -153,6 +172,17 @@ FAMILIES: dict[str, Family] = {
     "random-forest": Family(
         "random-forest",
         _random_forest,
+        lambda t: {
+            "n_estimators": t.suggest_int("n_estimators", 100, 400, step=50),
+            "max_features": t.suggest_float("max_features", 0.2, 1.0),
+            "min_samples_leaf": t.suggest_int("min_samples_leaf", 1, 10),
+        },
+        {"n_estimators": [200], "max_features": [0.3, 0.5, 0.7], "min_samples_leaf": [1, 2, 5]},
+        ("max_features", "min_samples_leaf"),
+    ),
+    "extra-trees": Family(
+        "extra-trees",
+        _extra_trees,
         lambda t: {
             "n_estimators": t.suggest_int("n_estimators", 100, 400, step=50),
             "max_features": t.suggest_float("max_features", 0.2, 1.0),

@@ -145,6 +145,13 @@ def _validate_body(body: bytes, mime: str, allow_out_of_range: bool) -> Validati
         kind = "CSV" if mime == CSV else "Parquet"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ApiError(400, "BAD_REQUEST", f"the body is not readable {kind}: {first}") from None
+    if mime == CSV and frame.shape[1] == 1 and ";" in str(frame.columns[0]):
+        raise ApiError(
+            400,
+            "BAD_REQUEST",
+            "text/csv bodies are ','-separated (MLflow's "
+            "scoring protocol); this one looks ';'-separated (UCI's layout)",
+        )
     return schema.validate_columns(frame, unknown="warn", allow_out_of_range=allow_out_of_range)
 
 
