@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from winequality.errors import first_line
 from winequality.schema import FEATURE_NAMES, TARGET, SchemaError, validate_columns
 
 Wine = Literal["red", "white"]
@@ -82,7 +83,7 @@ def fetch_uci(wine: Wine = "red", url: str | None = None) -> Path:
         )
     except Exception as exc:
         raise DataError(
-            f"could not download the wine data from {url} ({_short(exc)}). "
+            f"could not download the wine data from {url} ({first_line(exc)}). "
             f"Pass a local copy instead: --data /path/to/{member} "
             f"(or set {ENV_DATA}=/path/to/{member})."
         ) from exc
@@ -112,7 +113,7 @@ def fetch_url(url: str) -> Path:
         )
     except Exception as exc:
         raise DataError(
-            f"could not download {url} ({_short(exc)}). Download it yourself and pass the "
+            f"could not download {url} ({first_line(exc)}). Download it yourself and pass the "
             f"local path: --data /path/to/file.csv"
         ) from exc
 
@@ -169,7 +170,7 @@ def read_table(path: Path) -> tuple[pd.DataFrame, str]:
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty: expected a header line and rows") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable CSV file: {_short(exc)}") from exc
+        raise DataError(f"{path} is not a readable CSV file: {first_line(exc)}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     # Blank lines inside the file are rows with missing values (reported by line); blank lines
     # at the end are just how editors save files.
@@ -222,8 +223,3 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path, *, index: bool = False) ->
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]

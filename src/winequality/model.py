@@ -85,42 +85,44 @@ def _svr(p: dict[str, Any]) -> Pipeline:
     )
 
 
-def _random_forest(p: dict[str, Any]) -> Pipeline:
-    from sklearn.ensemble import RandomForestRegressor
+def _trees(step: str) -> Callable[[dict[str, Any]], Pipeline]:
+    """Random forest ("forest") or extra trees ("trees"): same knobs, another way to split."""
 
-    return Pipeline(
-        [
-            (
-                "forest",
-                RandomForestRegressor(
-                    n_estimators=p["n_estimators"],
-                    max_features=p["max_features"],
-                    min_samples_leaf=p["min_samples_leaf"],
-                    random_state=RANDOM_STATE,
-                    n_jobs=1,
-                ),
-            )
-        ]
-    )
+    def build(p: dict[str, Any]) -> Pipeline:
+        from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+
+        cls = RandomForestRegressor if step == "forest" else ExtraTreesRegressor
+        return Pipeline(
+            [
+                (
+                    step,
+                    cls(
+                        n_estimators=p["n_estimators"],
+                        max_features=p["max_features"],
+                        min_samples_leaf=p["min_samples_leaf"],
+                        random_state=RANDOM_STATE,
+                        n_jobs=1,
+                    ),
+                )
+            ]
+        )
+
+    return build
 
 
-def _extra_trees(p: dict[str, Any]) -> Pipeline:
-    from sklearn.ensemble import ExtraTreesRegressor
+def _suggest_trees(t: Any) -> dict[str, Any]:
+    return {
+        "n_estimators": t.suggest_int("n_estimators", 100, 400, step=50),
+        "max_features": t.suggest_float("max_features", 0.2, 1.0),
+        "min_samples_leaf": t.suggest_int("min_samples_leaf", 1, 10),
+    }
 
-    return Pipeline(
-        [
-            (
-                "trees",
-                ExtraTreesRegressor(
-                    n_estimators=p["n_estimators"],
-                    max_features=p["max_features"],
-                    min_samples_leaf=p["min_samples_leaf"],
-                    random_state=RANDOM_STATE,
-                    n_jobs=1,
-                ),
-            )
-        ]
-    )
+
+TREES_GRID: dict[str, list[Any]] = {
+    "n_estimators": [200],
+    "max_features": [0.3, 0.5, 0.7],
+    "min_samples_leaf": [1, 2, 5],
+}
 
 
 def _hist_gradient_boosting(p: dict[str, Any]) -> Pipeline:
@@ -171,24 +173,16 @@ FAMILIES: dict[str, Family] = {
     ),
     "random-forest": Family(
         "random-forest",
-        _random_forest,
-        lambda t: {
-            "n_estimators": t.suggest_int("n_estimators", 100, 400, step=50),
-            "max_features": t.suggest_float("max_features", 0.2, 1.0),
-            "min_samples_leaf": t.suggest_int("min_samples_leaf", 1, 10),
-        },
-        {"n_estimators": [200], "max_features": [0.3, 0.5, 0.7], "min_samples_leaf": [1, 2, 5]},
+        _trees("forest"),
+        _suggest_trees,
+        TREES_GRID,
         ("max_features", "min_samples_leaf"),
     ),
     "extra-trees": Family(
         "extra-trees",
-        _extra_trees,
-        lambda t: {
-            "n_estimators": t.suggest_int("n_estimators", 100, 400, step=50),
-            "max_features": t.suggest_float("max_features", 0.2, 1.0),
-            "min_samples_leaf": t.suggest_int("min_samples_leaf", 1, 10),
-        },
-        {"n_estimators": [200], "max_features": [0.3, 0.5, 0.7], "min_samples_leaf": [1, 2, 5]},
+        _trees("trees"),
+        _suggest_trees,
+        TREES_GRID,
         ("max_features", "min_samples_leaf"),
     ),
     "hist-gradient-boosting": Family(

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from winequality import schema
+from winequality.errors import first_line
 from winequality.model import TRUSTED_TYPES
 from winequality.schema import FEATURE_NAMES, FeatureIssue, SchemaError, Validation
 
@@ -110,7 +111,7 @@ def load_scorer(model_uri: str, tracking_uri: str | None = None) -> Scorer:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
         meta = Model.load(str(local))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelLoadError(f"cannot load model {model_uri}: {first}") from exc
     flavor = meta.flavors.get("sklearn")
     if flavor is None:

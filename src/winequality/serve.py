@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from winequality import schema
+from winequality.errors import first_line
 from winequality.predict import PayloadError, Scorer, parse_payload
 from winequality.schema import FeatureIssue, Validation
 
@@ -143,7 +144,7 @@ def _validate_body(body: bytes, mime: str, allow_out_of_range: bool) -> Validati
             frame = pd.read_parquet(io.BytesIO(body))
     except Exception as exc:
         kind = "CSV" if mime == CSV else "Parquet"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ApiError(400, "BAD_REQUEST", f"the body is not readable {kind}: {first}") from None
     if mime == CSV and frame.shape[1] == 1 and ";" in str(frame.columns[0]):
         raise ApiError(

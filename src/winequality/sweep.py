@@ -30,6 +30,7 @@ import pandas as pd
 
 from winequality import data as wine_data
 from winequality import evaluate, model, registry, schema, tracking
+from winequality.errors import first_line
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_EXPERIMENT = "winequality-sweep"
@@ -244,7 +245,7 @@ def open_storage(url: str) -> Any:
                 break
             time.sleep(0.5 * (attempt + 1))
     assert last is not None
-    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+    first = first_line(last)
     raise tracking.TrackingError(
         f"cannot open the Optuna storage {tracking._redact(url)}: {first}"
     ) from last

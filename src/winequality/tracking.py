@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from winequality.errors import first_line
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -55,7 +57,7 @@ def preflight(uri: str, timeout: float = 5.0) -> None:
                 pass
             engine.dispose()
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise TrackingError(
                 f"cannot connect to the tracking database {_redact(uri)}: {first}"
             ) from exc
@@ -78,7 +80,7 @@ def connect(explicit: str | None = None) -> str:
         mlflow.set_tracking_uri(uri)
         mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TrackingError(f"the tracking store {_redact(uri)} is not usable: {first}") from exc
     return uri
 
