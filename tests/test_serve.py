@@ -439,3 +439,36 @@ def test_cli_serve_refuses_a_bad_model_uri_with_exit_2(trained_model) -> None:
         ],
     )
     assert answer.exit_code == 2 and "cannot load model" in answer.output
+
+
+@pytest.mark.slow
+def test_cli_serve_with_two_workers(trained_model, wines, mlflow_pyfunc) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            Path(sys.executable).with_name("winequality"),
+            "serve",
+            "--model",
+            trained_model.model_uri,
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=server_env(trained_model),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, process)
+        expected = mlflow_pyfunc.predict(wines.astype("float64"))
+        body = {"dataframe_split": {"columns": COLUMNS, "data": wines.to_numpy().tolist()}}
+        for _ in range(20):  # both workers answer, and alike
+            answer = httpx.post(f"{url}/invocations", json=body, timeout=30)
+            assert answer.status_code == 200
+            np.testing.assert_allclose(answer.json()["predictions"], expected, atol=1e-9)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
