@@ -211,3 +211,26 @@ def test_cli_sweep_and_models(red_csv, workdir) -> None:
         ],
     )
     assert bad.exit_code == 2 and "cannot open the Optuna storage" in bad.output
+
+
+def test_a_failing_trial_is_failed_at_once_and_stops_the_workers(
+    red_csv, workdir, monkeypatch
+) -> None:
+    from winequality import model
+
+    def broken(params):
+        raise RuntimeError("cannot fit")
+
+    family = model.FAMILIES["elasticnet"]
+    monkeypatch.setitem(
+        model.FAMILIES,
+        "elasticnet",
+        model.Family("elasticnet", broken, family.suggest, family.grid, family.axes),
+    )
+    cfg = config(red_csv, workdir, trials=5, jobs=2, study="broken")
+    with pytest.raises(RuntimeError, match="cannot fit"):
+        run_sweep(cfg)
+    study = optuna.load_study(study_name="broken", storage=cfg.storage)
+    states = {t.state for t in study.trials}
+    assert states == {optuna.trial.TrialState.FAIL}  # none left RUNNING, none completed
+    assert not trial_runs(cfg, "broken")

@@ -157,9 +157,9 @@ def run_sweep(
             thread.start()
         for thread in threads:
             thread.join()
-        if worker.errors:
-            raise worker.errors[0]
     _delete_orphans(client, experiment_id, study)
+    if worker.errors:
+        raise worker.errors[0]
 
     complete = _trials(study, "COMPLETE")
     if not complete:
@@ -416,16 +416,18 @@ class _Worker:
         self.deadline = time.monotonic() + timeout if timeout else None
         self.mine: set[int] = set()
         self.errors: list[BaseException] = []
+        self.stopped = threading.Event()
         self.lock = threading.Lock()
         self.worker_id = uuid.uuid4().hex[:8]
 
     def run(self) -> None:
+        """Loop until done; an error stops every thread of this worker and is kept for later."""
         try:
-            while self._step():
+            while not self.stopped.is_set() and self._step():
                 pass
         except BaseException as exc:
             self.errors.append(exc)
-            raise
+            self.stopped.set()
 
     def _step(self) -> bool:
         from optuna.trial import TrialState
@@ -448,13 +450,17 @@ class _Worker:
             trial.set_user_attr("overflow", True)
             self.study.tell(trial, state=TrialState.FAIL)
             return True
-        with _heartbeat(self.study, trial):
-            params = self.family.suggest(trial)
-            cv = evaluate.cross_validate(
-                lambda: self.family.build(params), self.x_train, self.y_train, self.folds
-            )
-            trial.set_user_attr("cv", cv.mean)
-            self._log_child(trial.number, params, cv)
+        try:
+            with _heartbeat(self.study, trial):
+                params = self.family.suggest(trial)
+                cv = evaluate.cross_validate(
+                    lambda: self.family.build(params), self.x_train, self.y_train, self.folds
+                )
+                trial.set_user_attr("cv", cv.mean)
+                self._log_child(trial.number, params, cv)
+        except BaseException:
+            self.study.tell(trial, state=TrialState.FAIL)  # its run, if any, is an orphan now
+            raise
         self.study.tell(trial, cv.mean["rmse"])
         with self.lock:
             self.mine.add(trial.number)
