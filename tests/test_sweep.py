@@ -53,15 +53,26 @@ def test_a_sweep_logs_every_trial_and_registers_a_champion(red_csv, workdir) -> 
     assert sorted(int(r.data.tags["winequality.trial"]) for r in runs) == list(range(6))
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {result.parent_run_id}
     assert all(
-        {"cv_rmse", "cv_rmse_std", "cv_accuracy_within_0.5"} <= set(r.data.metrics)
+        {"cv_rmse", "cv_rmse_std", "cv_accuracy_within_0.5", "fold_rmse"} <= set(r.data.metrics)
         and {"alpha", "l1_ratio"} == set(r.data.params)
         for r in runs
     )
     client = mlflow.MlflowClient(cfg.tracking_uri)
+    folds = client.get_metric_history(runs[0].info.run_id, "fold_rmse")  # one value per fold
+    assert sorted(m.step for m in folds) == [0, 1, 2]
+    assert runs[0].data.metrics["cv_rmse"] == pytest.approx(sum(m.value for m in folds) / 3)
     final = client.get_run(result.final_run_id)
     assert final.data.tags["mlflow.parentRunId"] == result.parent_run_id
     assert final.data.metrics["test_rmse"] == pytest.approx(result.test_metrics["rmse"])
     artifacts = {a.path for a in client.list_artifacts(result.final_run_id, "evaluation")}
+    report = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=result.final_run_id,
+            artifact_path="evaluation/report.md",
+            tracking_uri=cfg.tracking_uri,
+        )
+    ).read_text()
+    assert f"| rmse | {result.best_cv['rmse']:.4f} ± " in report
     assert artifacts == {
         "evaluation/predicted_vs_actual.png",
         "evaluation/importance.png",

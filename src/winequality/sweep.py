@@ -457,6 +457,7 @@ class _Worker:
                     lambda: self.family.build(params), self.x_train, self.y_train, self.folds
                 )
                 trial.set_user_attr("cv", cv.mean)
+                trial.set_user_attr("cv_folds", cv.per_fold)
                 self._log_child(trial.number, params, cv)
         except BaseException:
             self.study.tell(trial, state=TrialState.FAIL)  # its run, if any, is an orphan now
@@ -494,7 +495,13 @@ class _Worker:
         now = int(time.time() * 1000)
         self.client.log_batch(
             run.info.run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in cv.flat().items()],
+            # mean and std, plus every fold's value as the metric `fold_<name>` at step = fold
+            metrics=[Metric(k, v, now, 0) for k, v in cv.flat().items()]
+            + [
+                Metric(f"fold_{k}", v, now, step)
+                for step, fold in enumerate(cv.per_fold)
+                for k, v in fold.items()
+            ],
             params=[
                 Param(k, repr(v) if isinstance(v, float) else str(v)) for k, v in params.items()
             ],
@@ -583,7 +590,7 @@ def _finalize(
                 protocol=f"{config.protocol}: {evaluate.PROTOCOLS[config.protocol]}, "
                 f"{config.folds} folds x {config.repeats} on the training split; "
                 f"test = held-out {config.test_size:.0%}",
-                cv=None,
+                cv=evaluate.CVResult(study.best_trial.user_attrs["cv_folds"]),
                 test=test_metrics,
                 params=result.best_params,
                 plots=plots,
