@@ -259,15 +259,20 @@ def _from_rows(columns: list[str], data: list[list[Any]], allow: bool) -> Valida
         order = np.array([columns.index(n) for n in FEATURE_LIST])
         matrix = _fast_matrix(data, order)
         if matrix is not None:
-            result = schema.validate_numeric(matrix, allow_out_of_range=allow)
-            _, unknown = schema.check_columns(columns, require_target=False, unknown="warn")
-            result.warnings = unknown + result.warnings
-            return result
+            return _checked_matrix(matrix, columns, allow)
     cells = np.empty((len(data), width), dtype=object)
     for i, row in enumerate(data):
         for j, cell in enumerate(row):  # element by element: a cell may itself be a list
             cells[i, j] = cell
     return _lenient(dict(zip(columns, cells.T, strict=True)), columns, len(data), allow)
+
+
+def _checked_matrix(matrix: np.ndarray, names: list[str], allow: bool) -> Validation:
+    """Fast-path values check, plus a warning for each column the model will ignore."""
+    result = schema.validate_numeric(matrix, allow_out_of_range=allow)
+    _, unknown = schema.check_columns(names, require_target=False, unknown="warn")
+    result.warnings = unknown + result.warnings
+    return result
 
 
 def _from_records(records: list[dict[str, Any]], allow: bool) -> Validation:
@@ -278,13 +283,8 @@ def _from_records(records: list[dict[str, Any]], allow: bool) -> Validation:
     if rows:
         matrix = _fast_matrix(rows, None)
         if matrix is not None:
-            result = schema.validate_numeric(matrix, allow_out_of_range=allow)
             extra = sorted({k for r in records for k in r} - set(FEATURE_LIST))
-            _, unknown = schema.check_columns(
-                FEATURE_LIST + extra, require_target=False, unknown="warn"
-            )
-            result.warnings = unknown + result.warnings
-            return result
+            return _checked_matrix(matrix, FEATURE_LIST + extra, allow)
     names = list(dict.fromkeys(k for record in records for k in record))
     columns = {n: np.array([r.get(n) for r in records], dtype=object) for n in names}
     return _lenient(columns, names, len(records), allow)
