@@ -381,10 +381,9 @@ def sweep(
     if not result.finalized:
         out.print("Another worker finishes the study and registers its best model.")
         return
-    rows = {k: result.test_metrics[k] for k in result.test_metrics}
     _metrics_table(
         {f"cv {k}": v for k, v in result.best_cv.items() if k in ("rmse", "mae", "r2")}
-        | {f"test {k}": v for k, v in rows.items()},
+        | {f"test {k}": v for k, v in result.test_metrics.items()},
         title="best model",
     )
     out.print(f"Model: {result.model_uri}  (run {result.final_run_id})")

@@ -229,22 +229,28 @@ def parse_payload(payload: Any, *, allow_out_of_range: bool = False) -> Validati
     raise PayloadError(f"{form} must be a list of records (objects) or an object of columns")
 
 
-def _fast_matrix(rows: Any, order: np.ndarray | None) -> np.ndarray | None:
-    """All cells numbers (or numeric strings/booleans, as MLflow converts them): one numpy call."""
+def _fast_matrix(rows: Any, order: np.ndarray | None, width: int) -> np.ndarray | None:
+    """All cells numbers (or numeric strings/booleans, as MLflow converts them): one numpy call.
+
+    None unless every row has exactly `width` values; `order` picks the features' columns.
+    """
     try:
         matrix = np.array(rows, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):
         return None
-    if matrix.ndim != 2:
+    if matrix.ndim != 2 or matrix.shape[1] != width:
         return None
     return matrix if order is None else matrix[:, order]
 
 
 def _from_rows(columns: list[str], data: list[list[Any]], allow: bool) -> Validation:
-    if columns == FEATURE_LIST:
-        matrix = _fast_matrix(data, None) if data else None
-        if matrix is not None and matrix.shape[1] == len(FEATURE_LIST):
-            return schema.validate_numeric(matrix, allow_out_of_range=allow)
+    if data and len(set(columns)) == len(columns) and set(FEATURE_LIST) <= set(columns):
+        order = (
+            None if columns == FEATURE_LIST else np.array([columns.index(n) for n in FEATURE_LIST])
+        )
+        matrix = _fast_matrix(data, order, len(columns))
+        if matrix is not None:
+            return _checked_matrix(matrix, columns, allow)
     width = len(columns)
     ragged = [i for i, row in enumerate(data) if len(row) != width]
     if ragged:
@@ -255,11 +261,6 @@ def _from_rows(columns: list[str], data: list[list[Any]], allow: bool) -> Valida
             tuple(ragged),
         )
         return Validation(np.empty((0, len(FEATURE_LIST))), None, errors=[issue], n_rows=len(data))
-    if len(set(columns)) == width and set(FEATURE_LIST) <= set(columns) and data:
-        order = np.array([columns.index(n) for n in FEATURE_LIST])
-        matrix = _fast_matrix(data, order)
-        if matrix is not None:
-            return _checked_matrix(matrix, columns, allow)
     cells = np.empty((len(data), width), dtype=object)
     for i, row in enumerate(data):
         for j, cell in enumerate(row):  # element by element: a cell may itself be a list
@@ -270,8 +271,9 @@ def _from_rows(columns: list[str], data: list[list[Any]], allow: bool) -> Valida
 def _checked_matrix(matrix: np.ndarray, names: list[str], allow: bool) -> Validation:
     """Fast-path values check, plus a warning for each column the model will ignore."""
     result = schema.validate_numeric(matrix, allow_out_of_range=allow)
-    _, unknown = schema.check_columns(names, require_target=False, unknown="warn")
-    result.warnings = unknown + result.warnings
+    if names != FEATURE_LIST:  # exactly the features: nothing to warn about
+        _, unknown = schema.check_columns(names, require_target=False, unknown="warn")
+        result.warnings = unknown + result.warnings
     return result
 
 
@@ -281,7 +283,7 @@ def _from_records(records: list[dict[str, Any]], allow: bool) -> Validation:
     except KeyError:
         rows = None
     if rows:
-        matrix = _fast_matrix(rows, None)
+        matrix = _fast_matrix(rows, None, len(FEATURE_LIST))
         if matrix is not None:
             extra = sorted({k for r in records for k in r} - set(FEATURE_LIST))
             return _checked_matrix(matrix, FEATURE_LIST + extra, allow)

@@ -441,10 +441,9 @@ def validate_columns(
     if n_rows == 0 and not any(i.kind == "missing_column" for i in errors):
         errors.append(FeatureIssue("no_rows", None, "no rows to check (the input is empty)"))
     present = set(names)
+    duplicated = {i.column for i in errors if i.kind == "duplicate_column"}
     for j, feature in enumerate(FEATURES):
-        if feature.name not in present or "duplicate_column" in {
-            i.kind for i in errors if i.column == feature.name
-        }:
+        if feature.name not in present or feature.name in duplicated:
             continue
         column, issues = _as_float_column(feature.name, np.asarray(columns[feature.name]))
         matrix[:, j] = column
