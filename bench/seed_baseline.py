@@ -1,8 +1,8 @@
 """The seed script's work with plain MLflow defaults: the anchor for bench/train.py.
 
-Same calls as the user's tutorial (../shared/seed/), with only what current MLflow needs to run:
+Same calls as the user's tutorial, with only what current MLflow needs to run:
 the tracking URI points at SQLite and the data path is an argument. Its mistakes (target among
-the inputs, `long` output) are kept on purpose: this measures the seed, not our fix.
+the inputs, `long` output) are kept on purpose: this measures the tutorial, not our fix.
 Usage: python bench/seed_baseline.py DATA_CSV WORKDIR
 """
 

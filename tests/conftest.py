@@ -1,37 +1,75 @@
-"""Shared fixtures: the real UCI files beside the repo, synthetic frames, temp MLflow stores."""
+"""Shared fixtures and helpers.
+
+Data: UCI's files as shipped inside the package (no test reads anything beside the clone),
+written out in UCI's layout and in the tutorial's; synthetic frames; temp MLflow stores; one
+trained model per session. Servers: a uvicorn server in a thread, a free port, a readiness
+wait. Tiers that need a system part (Chromium, PostgreSQL) skip with one line saying what is
+missing and how to get it, unless WINEQUALITY_REQUIRE_TIERS=1 (set by .ci/run), which turns
+that skip into a failure: CI never skips a tier silently.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import uvicorn
 
+from winequality.data import embedded_bytes, read_table
 from winequality.schema import FEATURES, TARGET
 
-SHARED_DATA = Path(
-    os.environ.get("WINEQUALITY_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+REQUIRE_TIERS = "WINEQUALITY_REQUIRE_TIERS"
+# As the CLI does: no download progress bars from MLflow on every local model copy.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def tier_unavailable(tier: str, missing: str, how: str) -> None:
+    """Skip (or, where tiers are required, fail) in one line: what is missing, how to get it."""
+    message = f"{tier} tier: {missing}; {how}"
+    if os.environ.get(REQUIRE_TIERS) == "1":
+        pytest.fail(f"{message} ({REQUIRE_TIERS}=1: this tier must run here)")
+    pytest.skip(message)
+
+
+# --- data --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def red_csv() -> Path:
-    path = SHARED_DATA / "winequality-red.csv"
-    if not path.is_file():
-        pytest.fail(f"UCI data not found at {path}; set WINEQUALITY_TEST_DATA")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def red_csv(data_dir: Path) -> Path:
+    """UCI's winequality-red.csv, byte for byte (`;`-separated, quoted header)."""
+    path = data_dir / "winequality-red.csv"
+    path.write_bytes(embedded_bytes("red"))
     return path
 
 
 @pytest.fixture(scope="session")
-def seed_csv() -> Path:
-    return SHARED_DATA / "red-wine-quality.csv"
+def white_csv(data_dir: Path) -> Path:
+    path = data_dir / "winequality-white.csv"
+    path.write_bytes(embedded_bytes("white"))
+    return path
 
 
 @pytest.fixture(scope="session")
-def white_csv() -> Path:
-    return SHARED_DATA / "winequality-white.csv"
+def tutorial_csv(data_dir: Path) -> Path:
+    """The tutorial's copy of the red data: ','-separated, plain header, features as floats."""
+    frame = read_table(embedded_bytes("red"), "red").frame
+    frame = frame.astype({c: float for c in frame.columns if c != TARGET.name})
+    path = data_dir / "red-wine-quality.csv"
+    frame.to_csv(path, index=False)
+    return path
 
 
 def synthetic_wines(rows: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -50,6 +88,9 @@ def synthetic_wines(rows: int = 60, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture
 def wines() -> pd.DataFrame:
     return synthetic_wines()
+
+
+# --- MLflow stores and a trained model ---------------------------------------------------------
 
 
 @pytest.fixture
@@ -76,7 +117,7 @@ class TrainedModel:
 
 
 @pytest.fixture(scope="session")
-def trained_model(red_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     import mlflow
 
     from winequality.train import TrainConfig, train
@@ -85,7 +126,8 @@ def trained_model(red_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Tr
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        result = train(TrainConfig(data=str(red_csv), tracking_uri=uri, output_dir=None))
+        patch.delenv("WINEQUALITY_DATA", raising=False)
+        result = train(TrainConfig(tracking_uri=uri, output_dir=None))
     client = mlflow.MlflowClient(uri)
     version = mlflow.register_model(result.model_uri, "wine-test")
     client.set_registered_model_alias("wine-test", "champion", version.version)
@@ -101,11 +143,57 @@ def scorer(trained_model: TrainedModel):
 
 @pytest.fixture(scope="session")
 def mlflow_pyfunc(trained_model: TrainedModel):
-    """MLflow's own loaded model: the oracle for parity tests."""
+    """MLflow's own loaded model: the oracle for parity tests (loaded as users load it)."""
     import mlflow
 
-    from winequality.train import allow_model_deserialization
-
     mlflow.set_tracking_uri(trained_model.tracking_uri)
-    with allow_model_deserialization():
-        return mlflow.pyfunc.load_model(trained_model.model_uri)
+    return mlflow.pyfunc.load_model(trained_model.model_uri)
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn in a thread of the test process, on a free port."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="error", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def wait_for(
+    url: str, process: subprocess.Popen, timeout: float = 120, path: str = "/ping"
+) -> None:
+    """Until `url + path` answers 200; fails at once if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited: {process.stderr.read() if process.stderr else ''}"
+            )
+        try:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("server did not start")

@@ -13,20 +13,25 @@ import numpy as np
 import pytest
 
 from winequality import data
-from winequality.data import DataError, load
-from winequality.schema import FEATURE_NAMES, SchemaError
+from winequality.data import load
+from winequality.errors import DataError, SchemaError
+from winequality.schema import FEATURE_NAMES
 
 
-def test_both_layouts_read_to_the_same_frame(red_csv: Path, seed_csv: Path) -> None:
-    uci, seed = load(red_csv), load(seed_csv)
-    assert (uci.separator, seed.separator) == (";", ",")
+def test_every_layout_reads_to_the_same_frame(red_csv: Path, tutorial_csv: Path, tmp_path) -> None:
+    french = tmp_path / "export.csv"  # a spreadsheet saved in French: ';' and decimal commas
+    french.write_text(red_csv.read_text().replace(".", ","))
+    uci, tutorial, excel = load(red_csv), load(tutorial_csv), load(french)
+    assert (uci.separator, tutorial.separator, excel.separator) == (";", ",", ";")
+    assert (uci.decimal, tutorial.decimal, excel.decimal) == (".", ".", ",")
     assert list(uci.frame.columns) == [*FEATURE_NAMES, "quality"]
-    np.testing.assert_allclose(uci.frame.to_numpy(), seed.frame.to_numpy(), rtol=0, atol=1e-8)
+    for other in (tutorial, excel):
+        np.testing.assert_allclose(uci.frame.to_numpy(), other.frame.to_numpy(), rtol=0, atol=1e-8)
     assert uci.frame["quality"].dtype == np.int64
     assert uci.duplicate_rows == 240  # counted and reported, not an error
 
 
-def test_the_seeds_split_is_reproduced(red_csv: Path) -> None:
+def test_the_tutorials_split_is_reproduced(red_csv: Path) -> None:
     frame = load(red_csv).frame
     train, test = data.split(frame)
     assert (len(train), len(test)) == (1199, 400)
@@ -50,16 +55,12 @@ ROW = "7.4,0.7,0,1.9,0.076,11,34,0.9978,3.51,0.56,9.4,5"
     [
         (
             HEADER.replace("citric acid", "citric acd") + "\n" + ROW,
-            [
-                "citric acid: required column is missing (found 'citric acd': misspelled?)",
-                "citric acd: unknown column (did you mean 'citric acid'?)",
-            ],
+            ["citric acid: required column is missing (found 'citric acd': misspelled?)"],
         ),
         (
             HEADER.replace(",quality", "") + "\n" + ROW.rsplit(",", 1)[0],
             ["quality: required column is missing"],
         ),
-        (HEADER + ",colour\n" + ROW + ",red", ["colour: unknown column"]),
         (
             HEADER + "\n" + ROW.replace("0.7", "abc", 1),
             ["volatile acidity: 1 value not a number (line 2: 'abc')"],
@@ -105,13 +106,20 @@ def test_every_problem_is_listed_in_one_error(tmp_path) -> None:
             )
         )
     kinds = sorted(i.kind for i in caught.value.issues)
-    assert kinds == [
-        "missing_column",
-        "missing_value",
-        "not_numeric",
-        "out_of_range",
-        "unknown_column",
-        "unknown_column",
+    assert kinds == ["missing_column", "missing_value", "not_numeric", "out_of_range"]
+    assert "density: required column is missing (found 'densty': misspelled?)" in str(caught.value)
+
+
+def test_other_columns_are_ignored_with_a_warning(tmp_path) -> None:
+    text = (
+        "id,date," + HEADER + ",colour\n" + "\n".join(f"{i},2024-01-0{i},{ROW},red" for i in (1, 2))
+    )
+    loaded = load(write(tmp_path, text))
+    assert list(loaded.frame.columns) == [*FEATURE_NAMES, "quality"] and len(loaded.frame) == 2
+    assert [w.describe() for w in loaded.warnings] == [
+        "id: unknown column, ignored",
+        "date: unknown column, ignored",
+        "colour: unknown column, ignored",
     ]
 
 
@@ -121,8 +129,37 @@ def test_empty_file_and_wrong_separator(tmp_path) -> None:
     tabbed = write(tmp_path, HEADER.replace(",", "\t") + "\n" + ROW.replace(",", "\t"))
     with pytest.raises(DataError, match="tab-separated; winequality reads ','"):
         load(tabbed)
-    with pytest.raises(DataError, match="no such data file"):
+    with pytest.raises(DataError, match=r"no such data file.*omit --data"):
         load(tmp_path / "absent.csv")
+
+
+# --- the copies shipped inside the package ---------------------------------------------------
+
+
+def test_the_shipped_copies_are_uci_files_verified_on_read(workdir) -> None:
+    red, white = load(), load(wine="white")  # no --data, no network: the embedded copies
+    assert (len(red.frame), len(white.frame)) == (1599, 4898)
+    assert red.sha256 == data.UCI_MEMBER_SHA256["winequality-red.csv"]
+    assert white.sha256 == data.UCI_MEMBER_SHA256["winequality-white.csv"]
+    assert red.name == "winequality-red.csv" and "shipped with winequality" in red.description
+    assert (red.duplicate_rows, white.duplicate_rows) == (240, 937)
+    readme = (data.embedded_path("red").parent / "README.md").read_text()
+    assert "CC BY 4.0" in readme and "Decision Support Systems" in readme and "47(4)" in readme
+
+
+def test_a_damaged_shipped_copy_is_refused(workdir, monkeypatch, tmp_path) -> None:
+    import gzip
+
+    damaged = tmp_path / "winequality-red.csv.gz"
+    damaged.write_bytes(gzip.compress(data.embedded_bytes("red").replace(b"7.4", b"7.5", 1)))
+    monkeypatch.setattr(data, "embedded_path", lambda wine: damaged)
+    with pytest.raises(DataError, match="shipped with winequality is damaged"):
+        load()
+
+
+def test_the_data_variable_still_names_a_file(workdir, red_csv, monkeypatch) -> None:
+    monkeypatch.setenv(data.ENV_DATA, str(red_csv))
+    assert load().path == red_csv
 
 
 # --- the download: pooch against a local HTTP server -----------------------------------------
@@ -134,6 +171,9 @@ class Archive(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         type(self).hits += 1
+        if "missing" in self.path:
+            self.send_error(404)
+            return
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.payload)))
         self.end_headers()
@@ -162,11 +202,12 @@ def test_the_archive_is_downloaded_once_verified_and_cached(
 ) -> None:
     url, handler = archive_server
     monkeypatch.setenv(data.ENV_DATA_URL, url)
-    first = load()  # no --data: fetch UCI's archive
+    first = load("uci")  # --data uci: fetch UCI's archive
     assert first.path.name == "winequality-red.csv" and len(first.frame) == 1599
     assert first.path.is_relative_to(workdir / "cache")
-    assert load().path == first.path and handler.hits == 1  # second call: from the cache
-    assert len(load(wine="white").frame) == 4898 and handler.hits == 1
+    assert load("uci").path == first.path and handler.hits == 1  # second call: from the cache
+    assert len(load("uci", wine="white").frame) == 4898 and handler.hits == 1
+    assert load().sha256 == first.sha256 and handler.hits == 1  # no --data: never the network
 
 
 def test_a_tampered_archive_fails_verification_and_is_not_kept(
@@ -179,16 +220,27 @@ def test_a_tampered_archive_fails_verification_and_is_not_kept(
     handler.payload = buffer.getvalue()
     monkeypatch.setenv(data.ENV_DATA_URL, url)
     with pytest.raises(DataError, match="failed verification"):
-        load()
+        load("uci")
     assert not list((workdir / "cache").rglob("*.csv"))
 
 
-def test_offline_says_how_to_pass_a_local_file(workdir, monkeypatch) -> None:
+def test_offline_is_one_plain_line_that_names_the_way_out(workdir, monkeypatch) -> None:
     monkeypatch.setenv(data.ENV_DATA_URL, "http://127.0.0.1:9/wine+quality.zip")
     with pytest.raises(DataError) as caught:
-        load()
-    assert "--data /path/to/winequality-red.csv" in str(caught.value)
-    assert "WINEQUALITY_DATA" in str(caught.value)
+        load("uci")
+    message = str(caught.value)
+    assert message == (
+        "could not download the wine data from http://127.0.0.1:9/wine+quality.zip: cannot "
+        "connect (no network, or the server is down). Omit --data to use the copy of "
+        "winequality-red.csv shipped with winequality, or pass a local file: "
+        "--data /path/to/winequality-red.csv"
+    )
+
+
+def test_an_http_error_is_named_by_its_status(workdir, monkeypatch, archive_server) -> None:
+    url, _ = archive_server
+    with pytest.raises(DataError, match="the server answered HTTP 404"):
+        load(url.replace("wine+quality.zip", "missing.csv"))
 
 
 def test_a_csv_url_is_fetched_once(workdir, red_csv, tmp_path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from winequality.schema import FEATURE_NAMES
 from winequality.serve import create_app
 
-from .test_serve import ServerThread
+from .conftest import ServerThread, tier_unavailable
 
 pytestmark = pytest.mark.browser
 
@@ -23,8 +23,11 @@ def browser() -> Iterator:
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.fail(
-            "the browser tier needs Debian's chromium and chromium-driver (.ci/run installs them)"
+        tier_unavailable(
+            "browser",
+            "chromium or chromedriver is not on PATH",
+            "install Debian's chromium and chromium-driver (apt-get install chromium "
+            "chromium-driver)",
         )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -85,7 +88,6 @@ def test_predicting_shows_the_score(browser, page_url, scorer) -> None:
     text = wait_text(browser, "#result")
     expected = scorer.predict(scorer.input_example.to_numpy())[0]
     assert text == f"quality ≈ {expected:.2f}"
-    browser.save_screenshot(str(page_url and tempfile.gettempdir() + "/winequality-page.png"))
 
 
 def test_errors_appear_next_to_the_offending_fields(browser, page_url) -> None:

@@ -17,15 +17,10 @@ from mlflow.pyfunc.scoring_server import invocations
 from typer.testing import CliRunner
 
 from winequality.cli import app
-from winequality.predict import (
-    ModelLoadError,
-    PayloadError,
-    fold_linear,
-    load_scorer,
-    parse_payload,
-    predict_file,
-)
-from winequality.schema import FEATURE_NAMES, FEATURES, SchemaError
+from winequality.codecs import parse_payload
+from winequality.errors import ModelLoadError, PayloadError, SchemaError
+from winequality.predict import fold_linear, load_scorer, predict_file
+from winequality.schema import FEATURE_NAMES, FEATURES
 
 COLUMNS = list(FEATURE_NAMES)
 runner = CliRunner()
@@ -79,7 +74,8 @@ def test_the_folded_linear_model_equals_sklearn(scorer, sample) -> None:
 
 
 @pytest.mark.parametrize(
-    "layout", ["uci.csv", "seed.csv", "in.parquet", "records.json", "split.json"]
+    "layout",
+    ["uci.csv", "tutorial.csv", "in.parquet", "records.json", "split.json", "pandas-split.json"],
 )
 @pytest.mark.parametrize("output", ["out.csv", "out.parquet", "out.json"])
 def test_files_in_every_format_score_like_mlflow(
@@ -88,12 +84,14 @@ def test_files_in_every_format_score_like_mlflow(
     source = tmp_path / layout
     if layout == "uci.csv":
         sample.to_csv(source, sep=";", index=False)
-    elif layout == "seed.csv":
+    elif layout == "tutorial.csv":
         sample.to_csv(source, index=False)
     elif layout == "in.parquet":
         sample.to_parquet(source)
     elif layout == "records.json":
         source.write_text(sample.to_json(orient="records"))
+    elif layout == "pandas-split.json":  # what DataFrame.to_json(orient="split") writes
+        source.write_text(sample.to_json(orient="split", index=False))
     else:
         source.write_text(
             json.dumps({"dataframe_split": json.loads(sample.to_json(orient="split", index=False))})

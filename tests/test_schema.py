@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from winequality import schema
 from winequality.data import load
+from winequality.errors import SchemaError
 from winequality.schema import FEATURE_NAMES, FEATURES, TARGET, validate_columns
 
 SEED_SPELLING = [
@@ -188,7 +189,7 @@ def test_schema_error_message_lists_every_problem_with_rows(wines) -> None:
     wines.loc[2, "pH"] = -3.0
     wines = wines.astype({"density": object})
     wines.loc[0, "density"] = "heavy"
-    error = schema.SchemaError(
+    error = SchemaError(
         validate_columns(wines).errors, what="x.csv", row_label="line", row_offset=2
     )
     text = str(error)

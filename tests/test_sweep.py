@@ -14,9 +14,9 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from winequality import registry
 from winequality.cli import app
-from winequality.sweep import SweepConfig, SweepError, run_sweep
+from winequality.errors import SweepError
+from winequality.sweep import SweepConfig, run_sweep
 
 runner = CliRunner()
 
@@ -61,13 +61,14 @@ def test_a_sweep_logs_every_trial_and_registers_a_champion(red_csv, workdir) -> 
     folds = client.get_metric_history(runs[0].info.run_id, "fold_rmse")  # one value per fold
     assert sorted(m.step for m in folds) == [0, 1, 2]
     assert runs[0].data.metrics["cv_rmse"] == pytest.approx(sum(m.value for m in folds) / 3)
-    final = client.get_run(result.final_run_id)
+    final = client.get_run(result.final.run_id)
     assert final.data.tags["mlflow.parentRunId"] == result.parent_run_id
-    assert final.data.metrics["test_rmse"] == pytest.approx(result.test_metrics["rmse"])
-    artifacts = {a.path for a in client.list_artifacts(result.final_run_id, "evaluation")}
+    assert final.data.metrics["test_rmse"] == pytest.approx(result.final.test_metrics["rmse"])
+    assert final.data.params["holdout"] == "grouped"
+    artifacts = {a.path for a in client.list_artifacts(result.final.run_id, "evaluation")}
     report = Path(
         mlflow.artifacts.download_artifacts(
-            run_id=result.final_run_id,
+            run_id=result.final.run_id,
             artifact_path="evaluation/report.md",
             tracking_uri=cfg.tracking_uri,
         )
@@ -79,35 +80,53 @@ def test_a_sweep_logs_every_trial_and_registers_a_champion(red_csv, workdir) -> 
         "evaluation/search.png",
         "evaluation/report.md",
     }
-    info = mlflow.models.get_model_info(result.model_uri)
+    info = mlflow.models.get_model_info(result.final.model_uri)
     assert info.signature.inputs.input_names()[0] == "fixed acidity"  # train's logging path
-    assert result.decision.alias == "champion" and result.decision.version == "1"
+    assert result.final.decision.alias == "champion" and result.final.decision.version == "1"
 
 
-def test_the_champion_moves_only_to_a_better_model(red_csv, workdir) -> None:
-    good = run_sweep(config(red_csv, workdir, study="good", trials=8))
-    assert good.decision.alias == "champion"
-    bad = run_sweep(config(red_csv, workdir, study="bad", grid=True, trials=1))  # alpha=1e-4
-    worse = run_sweep(
-        config(red_csv, workdir, family="random-forest", study="forest", trials=1, grid=True)
+@pytest.fixture
+def awful_family(monkeypatch):
+    """A family whose only model predicts about the mean: every real model beats it."""
+    from winequality import model
+
+    awful = model.Family(
+        "awful",
+        lambda p: model.elasticnet(p["alpha"], 1.0, scale=True),
+        lambda t: {"alpha": t.suggest_float("alpha", 50.0, 100.0)},
+        {"alpha": [100.0]},
+        ("alpha", "alpha"),
     )
-    decisions = [d.decision for d in (bad, worse)]
-    for decision in decisions:
-        if decision.score >= good.test_metrics["rmse"]:
-            assert decision.alias == "challenger" and "does not beat" in decision.reason
-        else:
-            assert decision.alias == "champion"
-    mlflow.set_tracking_uri(config(red_csv, workdir).tracking_uri)
-    champions = [v for v in registry.list_versions() if "champion" in v.aliases]
-    assert len(champions) == 1
-    forced = run_sweep(config(red_csv, workdir, study="forced", grid=True, trials=1, force=True))
-    assert forced.decision.alias == "champion" and "--force" in forced.decision.reason
+    monkeypatch.setitem(model.FAMILIES, "awful", awful)
+    return "awful"
+
+
+def test_the_champion_moves_only_to_a_better_model(red_csv, workdir, awful_family) -> None:
+    def sweep(**overrides):
+        return run_sweep(config(red_csv, workdir, **overrides)).final.decision
+
+    first = sweep(family=awful_family, study="awful-1", grid=True, trials=1)
+    assert (first.alias, first.version) == ("champion", "1")
+    better = sweep(study="good", trials=8)  # a tuned ElasticNet beats the mean
+    assert (better.alias, better.previous_version) == ("champion", "1")
+    assert better.score < better.previous_score and "beats champion v1" in better.reason
+    worse = sweep(family=awful_family, study="awful-2", grid=True, trials=1)
+    assert (worse.alias, worse.previous_version) == ("challenger", "2")  # the current champion
+    assert worse.score > worse.previous_score
+    assert worse.previous_score == pytest.approx(better.score)  # re-scored on the same rows
+    forced = sweep(family=awful_family, study="awful-3", grid=True, trials=1, force=True)
+    assert forced.alias == "champion" and "--force: replaces v2" in forced.reason
+    client = mlflow.MlflowClient(config(red_csv, workdir).tracking_uri)
+    assert str(client.get_model_version_by_alias("wine-quality", "champion").version) == "4"
+    assert str(client.get_model_version_by_alias("wine-quality", "challenger").version) == "3"
 
 
 def test_rerunning_a_study_continues_it_without_duplicates(red_csv, workdir) -> None:
     first = run_sweep(config(red_csv, workdir, trials=4))
     again = run_sweep(config(red_csv, workdir, trials=4))
     assert again.ran_here == 0 and not again.finalized  # already complete and registered
+    assert again.finalized_before["version"] == first.final.decision.version == "1"
+    assert again.finalized_before["run_id"] == first.final.run_id
     more = run_sweep(config(red_csv, workdir, trials=7))
     assert more.ran_here == 3 and more.complete == 7
     assert more.parent_run_id == first.parent_run_id
@@ -245,3 +264,34 @@ def test_a_failing_trial_is_failed_at_once_and_stops_the_workers(
     states = {t.state for t in study.trials}
     assert states == {optuna.trial.TrialState.FAIL}  # none left RUNNING, none completed
     assert not trial_runs(cfg, "broken")
+
+
+MLFLOW_RUN_ARGS = ("-P", "trials=3", "--env-manager", "local")
+
+
+@pytest.mark.slow
+def test_mlflow_run_runs_the_projects_sweep_entry_point(workdir) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(root), "-e", "sweep", *MLFLOW_RUN_ARGS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=workdir,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (project,) = client.search_runs(
+        [client.get_experiment_by_name("Default").experiment_id],
+        filter_string="tags.`mlflow.project.entryPoint` = 'sweep'",
+    )
+    assert project.info.status == "FINISHED"
+    parent = client.get_run(project.data.tags["winequality.sweep_parent_run"])
+    assert parent.data.tags["winequality.study"] == "elasticnet-grouped"
+    assert client.get_model_version_by_alias("wine-quality", "champion").version == "1"

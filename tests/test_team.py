@@ -14,7 +14,7 @@ import mlflow
 import optuna
 import pytest
 
-from .test_serve import free_port, wait_for
+from .conftest import free_port, tier_unavailable, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -26,7 +26,14 @@ def databases() -> Iterator[tuple[str, str]]:
     import psycopg
 
     names = [f"wq_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")]
-    admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True)
+    try:
+        admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        tier_unavailable(
+            "postgres",
+            f"no PostgreSQL server at 127.0.0.1:5432 ({str(exc).strip().splitlines()[0]})",
+            "start one with trust auth for user postgres (Debian: apt-get install postgresql)",
+        )
     with admin.cursor() as cursor:
         for name in names:
             cursor.execute(f'CREATE DATABASE "{name}"')

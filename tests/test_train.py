@@ -1,7 +1,8 @@
-"""The seed's tracked run, end to end, on real MLflow stores."""
+"""The tutorial's tracked run, end to end, on real MLflow stores."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,26 +14,28 @@ import pytest
 from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
 
+from winequality import logged_model
 from winequality import train as train_module
 from winequality.cli import app
 from winequality.schema import FEATURE_NAMES
-from winequality.train import TrainConfig, allow_model_deserialization, train
+from winequality.train import TrainConfig, train
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def trained(red_csv, tmp_path_factory) -> tuple[train_module.TrainResult, Path]:
+def trained(tmp_path_factory) -> tuple[train_module.TrainResult, Path]:
     folder = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        result = train(TrainConfig(data=str(red_csv), tracking_uri=f"sqlite:///{folder}/m.db"))
+        patch.delenv("WINEQUALITY_DATA", raising=False)
+        result = train(TrainConfig(tracking_uri=f"sqlite:///{folder}/m.db"))  # the shipped data
     return result, folder
 
 
-def test_the_seeds_numbers_come_out(trained) -> None:
+def test_the_tutorials_numbers_come_out(trained) -> None:
     result, _ = trained
-    assert result.metrics["rmse"] == pytest.approx(0.8327, abs=1e-4)  # the seed's split
+    assert result.metrics["rmse"] == pytest.approx(0.8327, abs=1e-4)  # the tutorial's split
     assert result.metrics["r2"] == pytest.approx(0.0175, abs=1e-4)
     assert (result.rows, result.duplicate_rows, result.train_rows, result.test_rows) == (
         1599,
@@ -42,7 +45,7 @@ def test_the_seeds_numbers_come_out(trained) -> None:
     )
 
 
-def test_the_run_holds_everything_the_seed_logged_and_more(trained) -> None:
+def test_the_run_holds_everything_the_tutorial_logged_and_more(trained) -> None:
     result, _ = trained
     mlflow.set_tracking_uri(result.tracking_uri)
     client = mlflow.MlflowClient()
@@ -56,9 +59,11 @@ def test_the_run_holds_everything_the_seed_logged_and_more(trained) -> None:
         "release.version": "2.0",
     }
     assert tags["winequality.version"] == "0.1.0"
-    params = run.data.params  # autologged, once
-    assert params["elasticnet__alpha"] == "0.7" and params["elasticnet__l1_ratio"] == "0.7"
-    assert params["elasticnet__random_state"] == "42"
+    params = run.data.params  # the tutorial's autolog names: plain, as MLflow's tutorials query
+    assert params["alpha"] == "0.7" and params["l1_ratio"] == "0.7"
+    assert params["random_state"] == "42" and params["scale"] == "False"
+    assert not [p for p in params if "__" in p]
+    assert tags["estimator_name"] == "ElasticNet"
     metrics = run.data.metrics
     assert metrics["rmse"] == pytest.approx(result.metrics["rmse"], abs=1e-12)
     assert {"mae", "r2", "training_r2_score", "training_root_mean_squared_error"} <= set(metrics)
@@ -81,8 +86,8 @@ def test_the_logged_model_has_the_right_signature_and_serves(trained) -> None:
     requirements = (local / "requirements.txt").read_text()
     assert "scikit-learn==" in requirements and "skops==" in requirements
 
-    with allow_model_deserialization():
-        model = mlflow.pyfunc.load_model(result.run_model_uri)  # the seed's runs:/ form
+    # as a user loads it: MLFLOW_ALLOW_PICKLE_DESERIALIZATION unset (skops needs no pickle)
+    model = mlflow.pyfunc.load_model(result.run_model_uri)  # the tutorial's runs:/ form
     example = mlflow.models.Model.load(local).load_input_example(local)
     assert example.shape == (5, 11)
     predictions = model.predict(example)
@@ -95,7 +100,7 @@ def test_the_logged_model_has_the_right_signature_and_serves(trained) -> None:
         model.predict(text)
 
 
-def test_the_seeds_copies_are_written(trained) -> None:
+def test_the_tutorials_copies_are_written(trained) -> None:
     result, folder = trained
     assert [p.name for p in result.written] == ["winequality-red.csv", "train.csv", "test.csv"]
     train_csv = pd.read_csv(folder / "data/train.csv", index_col=0)
@@ -138,10 +143,10 @@ def test_a_failure_after_logging_fails_the_run_and_removes_the_model(
     workdir, red_csv, tracking_uri, monkeypatch
 ) -> None:
     def broken(*args, **kwargs):
-        raise train_module.ModelCheckError("simulated")
+        raise logged_model.ModelCheckError("simulated")
 
-    monkeypatch.setattr(train_module, "verify_logged_model", broken)
-    with pytest.raises(train_module.ModelCheckError):
+    monkeypatch.setattr(logged_model, "verify", broken)
+    with pytest.raises(logged_model.ModelCheckError):
         train(TrainConfig(data=str(red_csv), tracking_uri=tracking_uri, output_dir=None))
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("experiment_signature")
@@ -150,13 +155,13 @@ def test_a_failure_after_logging_fails_the_run_and_removes_the_model(
     assert not client.search_logged_models([experiment.experiment_id])
 
 
-def test_cli_flags_and_tags(workdir, seed_csv, tracking_uri) -> None:
+def test_cli_flags_and_tags(workdir, tutorial_csv, tracking_uri) -> None:
     answer = runner.invoke(
         app,
         [
             "train",
             "--data",
-            str(seed_csv),
+            str(tutorial_csv),
             "--alpha",
             "0.5",
             "--l1_ratio",
@@ -187,13 +192,13 @@ def test_cli_flags_and_tags(workdir, seed_csv, tracking_uri) -> None:
     client = mlflow.MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("other").experiment_id])
     assert run.data.tags["release.version"] == "3.0"
-    assert run.data.params["elasticnet__l1_ratio"] == "0.2"
+    assert run.data.params["l1_ratio"] == "0.2"
 
 
 @pytest.mark.slow
-def test_the_installed_command_runs_in_a_fresh_process(workdir, red_csv) -> None:
+def test_the_installed_command_runs_in_a_fresh_process(workdir) -> None:
     done = subprocess.run(
-        [Path(sys.executable).with_name("winequality"), "train", "--data", str(red_csv)],
+        [Path(sys.executable).with_name("winequality"), "train"],  # README's first command
         capture_output=True,
         text=True,
         timeout=300,
@@ -201,3 +206,110 @@ def test_the_installed_command_runs_in_a_fresh_process(workdir, red_csv) -> None
     assert done.returncode == 0, done.stderr
     assert "Active run id is" in done.stdout
     assert done.stderr == ""  # no warnings, logs or progress bars leak
+
+
+def test_params_metrics_and_tags_are_those_the_tutorials_autolog_recorded(trained) -> None:
+    """The same keys and values as a real sklearn autolog run of the tutorial's estimator."""
+    from sklearn.linear_model import ElasticNet
+
+    from winequality.data import load, split
+    from winequality.schema import TARGET
+
+    result, folder = trained
+    train_frame, _ = split(load().frame)
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/autolog.db")
+    mlflow.set_experiment("autolog reference")
+    with mlflow.start_run() as reference:
+        mlflow.sklearn.autolog(
+            log_input_examples=False, log_model_signatures=False, log_models=False, silent=True
+        )
+        try:
+            ElasticNet(alpha=0.7, l1_ratio=0.7, random_state=42).fit(
+                train_frame[list(FEATURE_NAMES)], train_frame[[TARGET.name]]
+            )
+        finally:
+            mlflow.sklearn.autolog(disable=True, silent=True)
+    theirs = mlflow.MlflowClient().get_run(reference.info.run_id).data
+    ours = mlflow.MlflowClient(result.tracking_uri).get_run(result.run_id).data
+    assert theirs.params and theirs.params.items() <= ours.params.items()
+    assert {k for k in theirs.metrics if k.startswith("training_")} == {
+        k for k in ours.metrics if k.startswith("training_")
+    }
+    for key, value in theirs.metrics.items():
+        assert ours.metrics[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    for key in ("estimator_name", "estimator_class"):
+        assert ours.tags[key] == theirs.tags[key]
+
+
+def test_the_data_file_is_logged_as_the_tutorial_logs_it(trained) -> None:
+    from winequality.data import embedded_bytes
+
+    result, _ = trained
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="winequality-red.csv", tracking_uri=result.tracking_uri
+    )
+    assert Path(local).read_bytes() == embedded_bytes("red")  # UCI's file, uncompressed
+
+
+def test_a_users_refusal_of_model_deserialisation_is_respected(
+    workdir, tracking_uri, monkeypatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    result = train(TrainConfig(tracking_uri=tracking_uri, output_dir=None))
+    assert mlflow.MlflowClient(tracking_uri).get_run(result.run_id).info.status == "FINISHED"
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"  # never overridden
+    with pytest.raises(MlflowException, match="MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
+        mlflow.pyfunc.load_model(result.model_uri)  # MLflow's own refusal stands
+
+
+def test_a_french_export_with_extra_columns_trains_with_a_warning(
+    workdir, red_csv, tracking_uri
+) -> None:
+    rows = red_csv.read_text().replace(".", ",").splitlines()
+    french = workdir / "export.csv"
+    french.write_text(
+        "\n".join([f'"lot";{rows[0]}'] + [f"L{i};{row}" for i, row in enumerate(rows[1:])]) + "\n"
+    )
+    answer = runner.invoke(app, ["train", "--data", str(french)])
+    assert answer.exit_code == 0, answer.output
+    assert "warning: lot: unknown column, ignored" in answer.stderr
+    assert "│ RMSE                 │ 0.832726 │" in answer.stdout  # the same numbers
+
+
+@pytest.mark.slow
+def test_mlflow_run_runs_the_projects_train_entry_point(workdir) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(root),
+            "-e",
+            "train",
+            "-P",
+            "alpha=0.5",
+            "--env-manager",
+            "local",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=workdir,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="params.alpha = '0.5'",
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["l1_ratio"] == "0.7" and "rmse" in runs[0].data.metrics
+    assert client.search_logged_models([runs[0].info.experiment_id])

@@ -1,7 +1,9 @@
 """The `winequality` command: parse flags, call the library, render with Rich.
 
 Heavy modules (MLflow, scikit-learn) are imported inside commands so `--help` stays instant.
-Bad input exits with code 2 and one red block naming every problem; nothing is half-written.
+Every deliberate error (`WinequalityError`) is caught in one place and shown as one red block
+with its exit code (2 for bad input); anything else is a bug and keeps its traceback (exit 1).
+Output never wraps ids or URIs: results go to stdout unwrapped, messages to stderr.
 """
 
 from __future__ import annotations
@@ -10,12 +12,22 @@ import logging
 import os
 from collections.abc import Callable
 from enum import StrEnum
+from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from winequality.errors import WinequalityError
+from winequality.evaluate import PROTOCOLS, Protocol
+from winequality.model import FAMILIES
+from winequality.registry import DEFAULT_MODEL_NAME
+from winequality.tracking import SWEEP_EXPERIMENT, TRAIN_EXPERIMENT
+
+if TYPE_CHECKING:
+    from winequality.sweep import SweepConfig, SweepResult
 
 app = typer.Typer(
     name="winequality",
@@ -23,18 +35,21 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: no type badges, nothing cut at 80 columns
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # ids and URIs never wrap
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")
-BAD_INPUT = 2
 
-
-class WineColour(StrEnum):
-    red = "red"
-    white = "white"
-
+# Choices come from the library's registries, never a second copy of them.
+WineColour = StrEnum("WineColour", [("red", "red"), ("white", "white")])
+FamilyChoice = StrEnum(  # type: ignore[misc]
+    "FamilyChoice", [(name.replace("-", "_"), name) for name in FAMILIES]
+)
+ProtocolChoice = StrEnum(  # type: ignore[misc]
+    "ProtocolChoice", [(f"{name}_protocol", name) for name in PROTOCOLS]
+)
 
 DataOption = Annotated[
     str | None,
@@ -42,9 +57,14 @@ DataOption = Annotated[
         "--data",
         envvar="WINEQUALITY_DATA",
         show_envvar=True,
-        help="CSV path or URL, ',' or ';' separated. Default: the UCI archive, "
-        "downloaded once into the user cache.",
+        help="A CSV path or URL (',' or ';' separated, decimal commas too), or 'uci' to "
+        "download UCI's archive once into the user cache. Default: UCI's data, shipped with "
+        "winequality (no network).",
     ),
+]
+WineOption = Annotated[
+    WineColour,
+    typer.Option(help="Which UCI file: with no --data, or with --data uci."),
 ]
 TrackingOption = Annotated[
     str | None,
@@ -52,22 +72,30 @@ TrackingOption = Annotated[
         "--tracking-uri",
         envvar="MLFLOW_TRACKING_URI",
         show_envvar=True,
-        help="MLflow tracking store. Default: sqlite:///mlflow.db",
+        help="MLflow tracking store. Default: sqlite:///mlflow.db in the current folder.",
+    ),
+]
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version>, "
+        "models:/m-<id> or a folder.",
     ),
 ]
 
 
 def _guard(action: Callable[[], T]) -> T:
-    """Run a library call; turn known bad-input errors into one red block and exit 2."""
-    from winequality.data import DataError
-    from winequality.schema import SchemaError
-    from winequality.tracking import TrackingError
-
+    """Run a library call; a deliberate error becomes one red block and its exit code."""
     try:
         return action()
-    except (SchemaError, DataError, TrackingError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
-        raise typer.Exit(BAD_INPUT) from None
+    except WinequalityError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}")
 
 
 def _parse_tags(pairs: list[str]) -> dict[str, str]:
@@ -80,8 +108,24 @@ def _parse_tags(pairs: list[str]) -> dict[str, str]:
     return tags
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"winequality {version('winequality')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _quiet_libraries() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Show the version and exit.",
+        ),
+    ] = False,
+) -> None:
     # MLflow draws download progress bars on stderr for every local artifact copy.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow logs schema migrations and experiment creation at INFO (our output says it better);
@@ -91,34 +135,36 @@ def _quiet_libraries() -> None:
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
 
 
-@app.command()
+@app.command(short_help="Train the tutorial's ElasticNet and log it with its signature.")
 def train(
     data: DataOption = None,
-    wine: Annotated[
-        WineColour, typer.Option(help="Which UCI file when no --data.")
-    ] = WineColour.red,
-    alpha: Annotated[float, typer.Option(help="ElasticNet penalty strength.")] = 0.7,
+    wine: WineOption = WineColour.red,
+    alpha: Annotated[float, typer.Option(help="ElasticNet penalty strength, > 0.")] = 0.7,
     l1_ratio: Annotated[
         float,
-        typer.Option("--l1-ratio", "--l1_ratio", min=0, max=1, help="L1 share of the penalty."),
+        typer.Option(
+            "--l1-ratio", "--l1_ratio", min=0, max=1, help="L1 share of the penalty, in [0, 1]."
+        ),
     ] = 0.7,
-    scale: Annotated[bool, typer.Option(help="Standardise features inside the pipeline.")] = False,
+    scale: Annotated[
+        bool, typer.Option("--scale", help="Standardise features inside the pipeline.")
+    ] = False,
     test_size: Annotated[float, typer.Option(help="Held-out share, within (0, 1).")] = 0.25,
-    seed: Annotated[int, typer.Option(help="Split seed; 40 reproduces the seed's split.")] = 40,
+    seed: Annotated[int, typer.Option(help="Split seed; 40 reproduces the tutorial's split.")] = 40,
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment, created if absent.")
-    ] = "experiment_signature",
+    ] = TRAIN_EXPERIMENT,
     tracking_uri: TrackingOption = None,
     tag: Annotated[
         list[str] | None,
-        typer.Option(help="Run tag KEY=VALUE, repeatable; overrides the seed's defaults."),
+        typer.Option(help="Run tag KEY=VALUE, repeatable; overrides the tutorial's tags."),
     ] = None,
-    output_dir: Annotated[Path, typer.Option(help="Where the data copy and the split go.")] = Path(
-        "data"
-    ),
+    output_dir: Annotated[
+        Path, typer.Option(help="Where the copy of the data and the split go.")
+    ] = Path("data"),
     run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
 ) -> None:
-    """Train the seed's ElasticNet, log it to MLflow with its signature, and check it serves."""
+    """Train the tutorial's ElasticNet, log it to MLflow with its signature, check it serves."""
     from winequality.train import DEFAULT_TAGS, TrainConfig
     from winequality.train import train as run_training
 
@@ -137,6 +183,8 @@ def train(
         run_name=run_name,
     )
     result = _guard(lambda: run_training(config))
+    for issue in result.warnings:
+        _warn(issue.describe())
     exp = result.experiment
     out.print(f"The set tracking uri is {result.tracking_uri}")
     info = Table.grid(padding=(0, 2))
@@ -151,7 +199,7 @@ def train(
         info.add_row(f"[bold]{key}[/]", str(value))
     out.print(info)
     out.print(
-        f"Data: {result.data_path} ({result.rows} rows, {result.duplicate_rows} exact "
+        f"Data: {result.data} ({result.rows} rows, {result.duplicate_rows} exact "
         f"duplicates; split {result.train_rows} train / {result.test_rows} test)"
     )
     out.print(f"[bold]Elasticnet model (alpha={alpha:f}, l1_ratio={l1_ratio:f}):[/]")
@@ -162,17 +210,10 @@ def train(
     out.print(f"Active run name is {result.run_name}")
 
 
-@app.command()
+@app.command(short_help="Score a file; every invalid cell is listed, nothing half-written.")
 def predict(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            help="runs:/<id>/model, models:/<name>@<alias>, "
-            "models:/<name>/<version>, models:/m-<id> or a folder.",
-        ),
-    ],
-    input: Annotated[
+    model: ModelOption,
+    input_path: Annotated[
         Path,
         typer.Option(
             "--input", help="CSV (',' or ';'), Parquet or JSON (records or dataframe_split)."
@@ -189,62 +230,58 @@ def predict(
         ),
     ] = None,
     allow_out_of_range: Annotated[
-        bool, typer.Option(help="Score values outside the physical ranges, with a warning.")
+        bool,
+        typer.Option(
+            "--allow-out-of-range", help="Score values outside the physical ranges, with a warning."
+        ),
     ] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Score a file with a logged model; every invalid cell is listed and nothing is written."""
-    from winequality.predict import ModelLoadError, predict_file
+    from winequality.predict import predict_file
 
-    def run() -> Any:
-        try:
-            return predict_file(
-                model,
-                input,
-                output,
-                id_column=id_column,
-                allow_out_of_range=allow_out_of_range,
-                tracking_uri=tracking_uri,
-            )
-        except ModelLoadError as exc:
-            raise ValueError(str(exc)) from exc
-
-    result = _guard(run)
+    result = _guard(
+        lambda: predict_file(
+            model,
+            input_path,
+            output,
+            id_column=id_column,
+            allow_out_of_range=allow_out_of_range,
+            tracking_uri=tracking_uri,
+        )
+    )
     for issue in result.warnings:
-        err.print(f"[yellow]warning:[/] {issue.describe()}", soft_wrap=True)
+        _warn(issue.describe())
     if output is None:
         typer.echo(result.frame.to_csv(index=False), nl=False)
     else:
         err.print(f"wrote {result.rows} predictions to {output}")
 
 
-@app.command()
+@app.command(short_help="Serve a model over HTTP (MLflow's protocol, a page, OpenAPI).")
 def serve(
-    model: Annotated[str, typer.Option("--model", help="Any model URI `predict` accepts.")],
+    model: ModelOption,
     host: Annotated[
         str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8080,
     workers: Annotated[int, typer.Option(min=1, help="Processes, each with the model.")] = 1,
     max_body_mb: Annotated[float, typer.Option(help="Larger bodies get 413.")] = 8.0,
     allow_out_of_range: Annotated[
-        bool, typer.Option(help="Score values outside the physical ranges (warned in a header).")
+        bool,
+        typer.Option(
+            "--allow-out-of-range",
+            help="Score values outside the physical ranges (warned in a header).",
+        ),
     ] = False,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Serve a model over HTTP: MLflow's /invocations protocol, a page at /, OpenAPI."""
-    from winequality.predict import ModelLoadError, load_scorer
-
-    def check() -> Any:
-        try:
-            return load_scorer(model, tracking_uri)
-        except ModelLoadError as exc:
-            raise ValueError(str(exc)) from exc
-
-    scorer = _guard(check)  # a bad URI is exit 2 before any socket opens
+    from winequality.predict import load_scorer
     from winequality.serve import serve as run_server
 
+    scorer = _guard(lambda: load_scorer(model, tracking_uri))  # exit 2 before any socket
     err.print(
         f"serving {model} on http://{host}:{port}/ ({workers} worker"
         f"{'s' if workers > 1 else ''}); Ctrl+C or SIGTERM stops it"
@@ -262,33 +299,22 @@ def serve(
     )
 
 
-class Family(StrEnum):
-    elasticnet = "elasticnet"
-    svr = "svr"
-    random_forest = "random-forest"
-    extra_trees = "extra-trees"
-    hist_gradient_boosting = "hist-gradient-boosting"
-
-
-class ProtocolChoice(StrEnum):
-    grouped = "grouped"
-    random = "random"
-    single_split = "split"  # a member named `split` would shadow str.split
-
-
-@app.command()
+@app.command(short_help="Tune a model family with Optuna; register and gate the best.")
 def sweep(
     data: DataOption = None,
-    wine: Annotated[
-        WineColour, typer.Option(help="Which UCI file when no --data.")
-    ] = WineColour.red,
-    model: Annotated[Family, typer.Option("--model", help="Model family.")] = Family.elasticnet,
+    wine: WineOption = WineColour.red,
+    model: Annotated[
+        FamilyChoice,
+        typer.Option("--model", help="Model family."),
+    ] = FamilyChoice.elasticnet,  # type: ignore[attr-defined]
     trials: Annotated[
         int,
         typer.Option(min=1, help="Finished trials the study should hold, all workers together."),
     ] = 50,
     jobs: Annotated[int, typer.Option(min=1, help="Parallel workers in this process.")] = 1,
-    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after N s.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds.")
+    ] = None,
     grid: Annotated[bool, typer.Option("--grid", help="Grid search instead of TPE.")] = False,
     study: Annotated[
         str | None,
@@ -304,13 +330,24 @@ def sweep(
             help="Optuna storage, e.g. postgresql://host/db. Default: sqlite:///optuna.db",
         ),
     ] = None,
-    protocol: Annotated[ProtocolChoice, typer.Option(help="CV protocol.")] = ProtocolChoice.grouped,
-    folds: Annotated[int, typer.Option(min=2)] = 5,
-    repeats: Annotated[int, typer.Option(min=1)] = 1,
+    protocol: Annotated[
+        ProtocolChoice,
+        typer.Option(
+            help="Cross-validation protocol: "
+            + "; ".join(f"{name}: {text}" for name, text in PROTOCOLS.items())
+            + "."
+        ),
+    ] = ProtocolChoice.grouped_protocol,  # type: ignore[attr-defined]
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (K).")] = 5,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Repetitions of the K folds, each shuffled anew.")
+    ] = 1,
     seed: Annotated[int, typer.Option(help="Split, folds and sampler seed.")] = 40,
-    experiment: Annotated[str, typer.Option()] = "winequality-sweep",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = SWEEP_EXPERIMENT,
     tracking_uri: TrackingOption = None,
-    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "wine-quality",
+    name: Annotated[
+        str, typer.Option("--name", help="Registered model name.")
+    ] = DEFAULT_MODEL_NAME,
     force: Annotated[
         bool,
         typer.Option(
@@ -319,11 +356,14 @@ def sweep(
         ),
     ] = False,
 ) -> None:
-    """Tune a model family with Optuna; every trial is a nested MLflow run; the best is
-    refit, tested once on held-out rows, registered, and promoted only if it wins."""
+    """Tune a model family with Optuna, register the best and promote it only if it wins.
+
+    Every trial is a nested MLflow run; the best trial is refit, tested once on held-out
+    rows, registered, and becomes champion only if it beats the current one.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from winequality.sweep import SweepConfig, SweepError, TrialEvent, run_sweep
+    from winequality.sweep import SweepConfig, SweepInterrupted, TrialEvent, run_sweep
 
     config = SweepConfig(
         data=data,
@@ -335,7 +375,7 @@ def sweep(
         grid=grid,
         study=study,
         storage=storage,
-        protocol=protocol.value,
+        protocol=cast(Protocol, protocol.value),
         folds=folds,
         repeats=repeats,
         seed=seed,
@@ -344,7 +384,7 @@ def sweep(
         model_name=name,
         force=force,
     )
-    with Progress(
+    progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -352,25 +392,74 @@ def sweep(
         TimeElapsedColumn(),
         console=err,
         transient=False,
-    ) as progress:
-        task = progress.add_task(f"study {config.study_name}", total=trials, best="–")
+    )
+    task = progress.add_task(f"study {config.study_name}", total=trials, best="–")
 
-        def advance(event: TrialEvent) -> None:
-            progress.update(
-                task, completed=event.complete, total=event.target, best=f"{event.best_value:.4f}"
-            )
+    def advance(event: TrialEvent) -> None:
+        progress.start()  # shown from the first finished trial: no bar before an error
+        progress.update(
+            task, completed=event.complete, total=event.target, best=f"{event.best_value:.4f}"
+        )
 
-        def run() -> Any:
-            try:
-                return run_sweep(config, on_trial=advance)
-            except SweepError as exc:
-                raise ValueError(str(exc)) from exc
+    try:
+        result = _guard(lambda: run_sweep(config, on_trial=advance))
+    except typer.Exit as stop:
+        progress.stop()
+        if stop.exit_code == SweepInterrupted.exit_code:
+            err.print(f"resume with: {_resume_command(config)}")
+        raise
+    progress.stop()
+    _print_sweep(result, config)
 
-        result = _guard(run)
+
+RESUME_FLAGS = (
+    ("--data", "data"),
+    ("--wine", "wine"),
+    ("--model", "family"),
+    ("--trials", "trials"),
+    ("--jobs", "jobs"),
+    ("--study", "study"),
+    ("--storage", "storage"),
+    ("--protocol", "protocol"),
+    ("--folds", "folds"),
+    ("--repeats", "repeats"),
+    ("--seed", "seed"),
+    ("--experiment", "experiment"),
+    ("--tracking-uri", "tracking_uri"),
+    ("--name", "model_name"),
+)
+
+
+def _resume_command(config: SweepConfig) -> str:
+    """The command that continues this sweep: the same study, data and settings."""
+    import shlex
+
+    from winequality.sweep import SweepConfig
+
+    defaults = SweepConfig()
+    words = ["winequality", "sweep"]
+    for flag, field in RESUME_FLAGS:
+        value = getattr(config, field)
+        if value is not None and value != getattr(defaults, field):
+            words += [flag, str(value)]
+    if config.grid:
+        words.append("--grid")
+    return shlex.join(words)
+
+
+def _print_sweep(result: SweepResult, config: SweepConfig) -> None:
     out.print(
-        f"Study {result.study}: {result.complete} finished trials "
+        f"Study {result.study}: {result.complete} of {result.target} trials finished "
         f"({result.ran_here} run here); parent run {result.parent_run_id}"
     )
+    if result.parent_run_url:
+        out.print(f"View the sweep at {result.parent_run_url}")
+    if result.stopped_early:
+        err.print(
+            f"[yellow]warning:[/] stopped early (--timeout {config.timeout:g} s): "
+            f"{result.complete} of {result.target} trials; the best so far is below. "
+            f"Resume with: {_resume_command(config)}"
+        )
     out.print(
         f"Best trial {result.best_trial}: "
         + ", ".join(
@@ -378,60 +467,74 @@ def sweep(
             for k, v in result.best_params.items()
         )
     )
-    if not result.finalized:
-        out.print("Another worker finishes the study and registers its best model.")
+    if result.finalized_before is not None:
+        before = result.finalized_before
+        registered = (
+            f"registered as {config.model_name} v{before['version']} ({before['alias']})"
+            if before.get("version")
+            else "logged"
+        )
+        out.print(
+            f"The study is complete; its best trial was {registered} before: "
+            f"{before['model_uri']} (run {before['run_id']})"
+        )
         return
+    if result.final is None:
+        out.print(
+            "Other workers are still running trials of this study; the one that finishes "
+            "the last trial registers the best model."
+        )
+        return
+    final = result.final
     _metrics_table(
         {f"cv {k}": v for k, v in result.best_cv.items() if k in ("rmse", "mae", "r2")}
-        | {f"test {k}": v for k, v in result.test_metrics.items()},
+        | {f"test {k}": v for k, v in final.test_metrics.items()},
         title="best model",
     )
-    out.print(f"Model: {result.model_uri}  (run {result.final_run_id})")
-    if result.decision is not None:
-        d = result.decision
+    out.print(f"Model: {final.model_uri}  (run {final.run_id})")
+    if final.decision is not None:
+        d = final.decision
         colour = "green" if d.alias == "champion" else "yellow"
         out.print(f"Registered {d.name} v{d.version} as [{colour}]{d.alias}[/]: {d.reason}")
 
 
-@app.command()
+@app.command(short_help="List registered versions with aliases and held-out metrics.")
 def models(
-    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "wine-quality",
+    name: Annotated[
+        str, typer.Option("--name", help="Registered model name.")
+    ] = DEFAULT_MODEL_NAME,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """List the registered versions with their aliases and held-out metrics."""
     from winequality.registry import list_versions
-    from winequality.tracking import connect
 
-    _guard(lambda: connect(tracking_uri))
-    versions = list_versions(name)
-    if not versions:
-        err.print(f"[yellow]no registered model named {name!r}[/]")
-        raise typer.Exit(1)
+    versions = _guard(lambda: list_versions(name, tracking_uri))
     table = Table(title=f"registered model {name}", header_style="bold")
     for column in ("version", "aliases", "family", "study", "test rmse", "test r2", "cv rmse"):
-        table.add_column(column, justify="right" if column.endswith(("rmse", "r2")) else "left")
-
-    def number(tag: str) -> str:
-        value = v.tags.get(tag)
-        return f"{float(value):.4f}" if value else ""
-
+        table.add_column(
+            column,
+            justify="right" if column.endswith(("rmse", "r2")) else "left",
+            no_wrap=True,
+        )
     for v in versions:
         table.add_row(
             v.version,
             ", ".join(v.aliases),
             v.tags.get("winequality.family", ""),
             v.tags.get("winequality.study", ""),
-            number("test_rmse"),
-            number("test_r2"),
-            number("cv_rmse"),
+            *(_number(v.tags.get(tag)) for tag in ("test_rmse", "test_r2", "cv_rmse")),
         )
     out.print(table)
 
 
+def _number(text: str | None) -> str:
+    return f"{float(text):.4f}" if text else ""
+
+
 def _metrics_table(metrics: dict[str, Any], title: str | None = None) -> None:
     table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
     for key, value in metrics.items():
         table.add_row(
             key.upper() if key in ("rmse", "mae", "r2") else key,

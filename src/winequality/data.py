@@ -1,42 +1,50 @@
-"""Finding, fetching, caching, reading and checking wine data, and the seeded split.
+"""Finding, fetching, reading and checking wine data, and the seeded split.
 
-Two CSV layouts exist: UCI's (`;`-separated, quoted header) and the seed's copy (`,`-separated);
-the separator is detected from the header. With no path given, the UCI archive is downloaded
-once into the user cache by pooch and each extracted file is verified by SHA-256.
+UCI's red and white files ship inside the package (gzip, verified by SHA-256 on every read), as
+scikit-learn ships its small datasets: with no `--data`, nothing touches the network. `--data
+uci` downloads UCI's archive once into the user cache (pooch), verifying the extracted file by
+the same hash; `--data PATH|URL` reads any CSV. Three CSV layouts are read: UCI's (`;`-separated,
+quoted header), the tutorial's copy (`,`-separated) and a French spreadsheet export (`;` with
+decimal commas); the separator and decimal mark are detected from the file.
 Knows nothing about models or MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
+import io
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from winequality.errors import first_line
-from winequality.schema import FEATURE_NAMES, TARGET, SchemaError, validate_columns
+from winequality.errors import DataError, SchemaError, first_line
+from winequality.schema import FEATURE_NAMES, TARGET, FeatureIssue, validate_columns
 
 Wine = Literal["red", "white"]
 
+UCI = "uci"  # --data uci: download UCI's archive instead of using the embedded copy
 UCI_ARCHIVE_URL = "https://archive.ics.uci.edu/static/public/186/wine+quality.zip"
-# SHA-256 of the files inside UCI's archive: we verify what we use, since UCI re-zips the
-# archive from time to time (the zip's own hash is not stable, its members are).
+# SHA-256 of UCI's CSV files. The embedded copies are these bytes, gzip-compressed; downloads
+# are checked against the same hashes (UCI re-zips its archive from time to time, so the zip's
+# own hash is not stable, its members are).
 UCI_MEMBER_SHA256 = {
     "winequality-red.csv": "57050ed70cee37ffe2617ad7a7717e4fbe71514c42341c781c1bbba93a7a21f5",
     "winequality-white.csv": "3edb25c969af6efe4715ff60629542f4e7a49f6c52be1f662a12647b8f5b4f14",
 }
 ENV_DATA = "WINEQUALITY_DATA"  # a path or URL used when --data is not given
-ENV_DATA_URL = "WINEQUALITY_DATA_URL"  # where the UCI archive is fetched from (mirrors, tests)
+ENV_DATA_URL = "WINEQUALITY_DATA_URL"  # where --data uci fetches the archive (mirrors, tests)
 ENV_CACHE = "WINEQUALITY_CACHE"  # cache folder (default: the OS user cache)
 SEPARATORS = (",", ";")
-
-
-class DataError(ValueError):
-    """The data could not be found, fetched or parsed; the message says what to do."""
+_DECIMAL_COMMA = re.compile(r"\d,\d")
 
 
 @dataclass(frozen=True)
@@ -44,11 +52,15 @@ class WineData:
     """A checked training frame: 11 float64 features and the integer target, in schema order."""
 
     frame: pd.DataFrame
-    path: Path  # the local file the rows came from (a cached download for URLs)
+    path: Path  # the local file the rows came from (the package's .gz, or a cached download)
+    name: str  # the CSV's file name, e.g. winequality-red.csv
     source: str  # what the user named: a path, a URL, or the UCI archive URL
-    sha256: str
+    description: str  # for messages: the path, the URL, or which embedded copy
+    sha256: str  # of the CSV's bytes (uncompressed)
     separator: str
+    decimal: str
     duplicate_rows: int
+    warnings: tuple[FeatureIssue, ...] = ()  # columns that were ignored
 
     @property
     def features(self) -> pd.DataFrame:
@@ -59,10 +71,42 @@ class WineData:
         return self.frame[TARGET.name]
 
 
+@dataclass(frozen=True)
+class Table:
+    """A CSV read without judging it: cells that are not numbers stay text."""
+
+    frame: pd.DataFrame
+    separator: str
+    decimal: str
+
+
 def cache_dir() -> Path:
     import pooch
 
     return Path(os.environ.get(ENV_CACHE) or pooch.os_cache("winequality"))
+
+
+def member_name(wine: Wine) -> str:
+    return f"winequality-{wine}.csv"
+
+
+def embedded_path(wine: Wine) -> Path:
+    """The package's gzip copy of UCI's file for `wine` (read it with `read_bytes`)."""
+    return Path(str(files("winequality") / "datasets" / f"{member_name(wine)}.gz"))
+
+
+def embedded_bytes(wine: Wine) -> bytes:
+    """UCI's CSV for `wine`, from the package, verified against UCI's SHA-256."""
+    name = member_name(wine)
+    content = gzip.decompress(embedded_path(wine).read_bytes())
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != UCI_MEMBER_SHA256[name]:
+        raise DataError(
+            f"the copy of {name} shipped with winequality is damaged (sha256 {digest[:12]}…, "
+            f"expected {UCI_MEMBER_SHA256[name][:12]}…); reinstall winequality, or pass a file "
+            f"with --data"
+        )
+    return content
 
 
 def fetch_uci(wine: Wine = "red", url: str | None = None) -> Path:
@@ -70,7 +114,7 @@ def fetch_uci(wine: Wine = "red", url: str | None = None) -> Path:
     import pooch
 
     url = url or os.environ.get(ENV_DATA_URL) or UCI_ARCHIVE_URL
-    member = f"winequality-{wine}.csv"
+    member = member_name(wine)
     folder = cache_dir()
     try:
         extracted = pooch.retrieve(
@@ -83,19 +127,19 @@ def fetch_uci(wine: Wine = "red", url: str | None = None) -> Path:
         )
     except Exception as exc:
         raise DataError(
-            f"could not download the wine data from {url} ({first_line(exc)}). "
-            f"Pass a local copy instead: --data /path/to/{member} "
-            f"(or set {ENV_DATA}=/path/to/{member})."
+            f"could not download the wine data from {url}: {download_failure(exc)}. "
+            f"Omit --data to use the copy of {member} shipped with winequality, "
+            f"or pass a local file: --data /path/to/{member}"
         ) from exc
     path = Path(extracted[0])
-    digest = sha256_of(path)
+    digest = sha256_of(path.read_bytes())
     if digest != UCI_MEMBER_SHA256[member]:
         for stale in (path, folder / "wine+quality.zip"):
             stale.unlink(missing_ok=True)
         raise DataError(
             f"the downloaded {member} failed verification (sha256 {digest[:12]}…, expected "
-            f"{UCI_MEMBER_SHA256[member][:12]}…); the cached copy was removed. Retry, or pass a "
-            f"trusted local file with --data."
+            f"{UCI_MEMBER_SHA256[member][:12]}…); the cached copy was removed. Retry, or omit "
+            f"--data to use the copy shipped with winequality."
         )
     return path
 
@@ -113,113 +157,186 @@ def fetch_url(url: str) -> Path:
         )
     except Exception as exc:
         raise DataError(
-            f"could not download {url} ({first_line(exc)}). Download it yourself and pass the "
-            f"local path: --data /path/to/file.csv"
+            f"could not download {url}: {download_failure(exc)}. Download it yourself and pass "
+            f"the local path: --data /path/to/file.csv"
         ) from exc
 
 
-def resolve(data: str | os.PathLike[str] | None, wine: Wine = "red") -> tuple[Path, str]:
-    """Turn --data (a path, a URL, or nothing) into a local file and a description of it."""
+def download_failure(exc: BaseException) -> str:
+    """What went wrong with a download, in words (never the HTTP library's internals)."""
+    import requests
+
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"the server answered HTTP {exc.response.status_code}"
+    if isinstance(exc, requests.Timeout):
+        return "the server did not answer in time"
+    if isinstance(exc, requests.ConnectionError):
+        return "cannot connect (no network, or the server is down)"
+    if isinstance(exc, (OSError, ValueError)):
+        return first_line(exc)
+    return type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Resolved:
+    path: Path
+    name: str
+    source: str
+    description: str
+    content: bytes
+
+
+def resolve(data: str | os.PathLike[str] | None, wine: Wine = "red") -> Resolved:
+    """Turn --data (nothing, `uci`, a URL or a path) into bytes and where they came from."""
     data = data if data is not None else os.environ.get(ENV_DATA) or None
     if data is None:
-        return fetch_uci(wine), os.environ.get(ENV_DATA_URL) or UCI_ARCHIVE_URL
+        name = member_name(wine)
+        return Resolved(
+            embedded_path(wine),
+            name,
+            UCI_ARCHIVE_URL,
+            f"UCI {name} (shipped with winequality)",
+            embedded_bytes(wine),
+        )
     text = os.fspath(data)
+    if text.lower() == UCI:
+        path = fetch_uci(wine)
+        return Resolved(
+            path,
+            path.name,
+            os.environ.get(ENV_DATA_URL) or UCI_ARCHIVE_URL,
+            f"UCI {path.name} (downloaded, {path})",
+            path.read_bytes(),
+        )
     if text.startswith(("http://", "https://")):
-        return fetch_url(text), text
+        path = fetch_url(text)
+        return Resolved(path, text.rsplit("/", 1)[-1] or path.name, text, text, path.read_bytes())
     path = Path(text).expanduser()
     if not path.is_file():
-        raise DataError(f"no such data file: {path}")
-    return path, str(path)
+        raise DataError(
+            f"no such data file: {path} (omit --data to use the UCI data shipped with "
+            f"winequality, or --data uci to download it)"
+        )
+    return Resolved(path, path.name, str(path), str(path), read_bytes(path))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, decompressed when it is gzip (`.gz`)."""
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if path.suffix == ".gz" else raw
 
 
-def detect_separator(path: Path) -> str:
-    """`;` for UCI's layout, `,` for the seed's: whichever splits the header into more fields."""
-    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
-        header = ""
-        for line in handle:
-            if line.strip():
-                header = line
-                break
-    if not header:
-        raise DataError(f"{path} is empty: expected a header line and rows of wine measurements")
+def sha256_of(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def detect_layout(content: bytes, what: str) -> tuple[str, str]:
+    """(separator, decimal mark) from the header and the first rows.
+
+    `;` for UCI's layout and French exports, `,` for the tutorial's: whichever splits the
+    header into more fields. A `;` file whose numbers have a comma between digits (`7,4;0,7`)
+    is a spreadsheet export with decimal commas.
+    """
+    text = content[:65536].decode("utf-8-sig", errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"{what} is empty: expected a header line and rows of wine measurements")
+    header = lines[0]
     counts = {sep: header.count(sep) for sep in SEPARATORS}
-    best = max(counts, key=lambda s: counts[s])
-    if counts[best] == 0:
+    separator = max(counts, key=lambda s: counts[s])
+    if counts[separator] == 0:
         other = next((s for s in ("\t", "|", " ") if s in header.strip()), None)
         found = f" it looks {'tab' if other == chr(9) else repr(other)}-separated;" if other else ""
         raise DataError(
-            f"{path}: cannot find the column separator in the header;{found} winequality reads "
-            f"',' (the seed's layout) or ';' (UCI's layout)"
+            f"{what}: cannot find the column separator in the header;{found} winequality reads "
+            f"',' (the tutorial's layout) or ';' (UCI's layout)"
         )
-    return best
+    rows = lines[1:21]
+    decimal = "," if separator == ";" and any(_DECIMAL_COMMA.search(r) for r in rows) else "."
+    return separator, decimal
 
 
-def read_table(path: Path) -> tuple[pd.DataFrame, str]:
-    """Read a CSV in either layout without judging it: cells that are not numbers stay text."""
-    separator = detect_separator(path)
+def read_table(content: bytes, what: str) -> Table:
+    """Read CSV bytes in any of the layouts without judging the cells."""
+    separator, decimal = detect_layout(content, what)
     try:
-        frame = pd.read_csv(path, sep=separator, skip_blank_lines=False, encoding="utf-8-sig")
+        frame = pd.read_csv(
+            io.BytesIO(content),
+            sep=separator,
+            decimal=decimal,
+            skip_blank_lines=False,
+            encoding="utf-8-sig",
+        )
     except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path} is empty: expected a header line and rows") from exc
+        raise DataError(f"{what} is empty: expected a header line and rows") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable CSV file: {first_line(exc)}") from exc
+        raise DataError(f"{what} is not a readable CSV file: {first_line(exc)}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     # Blank lines inside the file are rows with missing values (reported by line); blank lines
     # at the end are just how editors save files.
     filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
     end = int(filled[-1]) + 1 if filled.size else 0
-    return frame.iloc[:end], separator
+    return Table(frame.iloc[:end], separator, decimal)
 
 
 def load(data: str | os.PathLike[str] | None = None, wine: Wine = "red") -> WineData:
     """Find, read and check a training file; raise SchemaError listing every problem.
 
-    Problems are reported with file line numbers (the header is line 1).
+    Problems are reported with file line numbers (the header is line 1). Columns other than
+    the features and the target are ignored, and named in `warnings`.
     """
-    path, source = resolve(data, wine)
-    raw, separator = read_table(path)
-    checked = validate_columns(raw, require_target=True, unknown="error")
+    resolved = resolve(data, wine)
+    table = read_table(resolved.content, resolved.description)
+    checked = validate_columns(table.frame, require_target=True, unknown="warn")
     if not checked.ok:
         raise SchemaError(
-            checked.errors, what=f"training data {path}", row_label="line", row_offset=2
+            checked.errors,
+            what=f"training data {resolved.description}",
+            row_label="line",
+            row_offset=2,
         )
     frame = pd.DataFrame(checked.features, columns=list(FEATURE_NAMES))
     assert checked.target is not None
     frame[TARGET.name] = checked.target.astype(np.int64)
     return WineData(
         frame=frame,
-        path=path,
-        source=source,
-        sha256=sha256_of(path),
-        separator=separator,
+        path=resolved.path,
+        name=resolved.name,
+        source=resolved.source,
+        description=resolved.description,
+        sha256=sha256_of(resolved.content),
+        separator=table.separator,
+        decimal=table.decimal,
         duplicate_rows=int(frame.duplicated().sum()),
+        warnings=tuple(checked.warnings),
     )
 
 
 def split(
     frame: pd.DataFrame, test_size: float = 0.25, seed: int = 40
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The seed's split: scikit-learn's shuffled 75/25 split; seed 40 reproduces the seed's."""
+    """The tutorial's split: scikit-learn's shuffled 75/25 split; seed 40 reproduces it."""
     from sklearn.model_selection import train_test_split
 
     train, test = train_test_split(frame, test_size=test_size, random_state=seed)
     return train, test
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: Path, *, index: bool = False) -> None:
-    """Write next to the target then rename, so a reader never sees half a file."""
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; renamed onto it only if the block succeeds.
+
+    A reader never sees half a file, and a failure leaves no file at all.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        frame.to_csv(partial, index=index)
+        yield partial
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path, *, index: bool = False) -> None:
+    with atomic_write(path) as partial:
+        frame.to_csv(partial, index=index)

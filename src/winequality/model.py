@@ -8,33 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.linear_model import ElasticNet
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
-RANDOM_STATE = 42  # the seed's ElasticNet(random_state=42)
-# Types our families hold that skops does not trust by default. Loading checks a model against
-# this list, never against the list stored inside the model file (which an attacker controls).
-TRUSTED_TYPES = frozenset(
-    {
-        "sklearn.tree._tree.Tree",  # random forest, extra trees
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    }
-)
+from winequality.errors import ParameterError
 
+if TYPE_CHECKING:  # scikit-learn is imported by the builders, so that importing this is cheap
+    from sklearn.pipeline import Pipeline
 
-def untrusted_types(estimator: Any) -> list[str]:
-    """What skops would refuse to load in this estimator; an error if we do not trust it."""
-    import skops.io
-
-    found = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(estimator)))
-    unknown = [t for t in found if t not in TRUSTED_TYPES]
-    if unknown:
-        raise ValueError(f"the estimator holds types winequality does not trust: {unknown}")
-    return found
+RANDOM_STATE = 42  # the tutorial's ElasticNet(random_state=42)
 
 
 def elasticnet(
@@ -44,14 +27,18 @@ def elasticnet(
     scale: bool = False,
     random_state: int = RANDOM_STATE,
 ) -> Pipeline:
-    """The seed's ElasticNet; `scale=True` standardises features first (inside the pipeline).
+    """The tutorial's ElasticNet; `scale=True` standardises features first (inside the pipeline).
 
     alpha > 0 is the penalty strength, l1_ratio in [0, 1] mixes L1 (1.0) and L2 (0.0).
     """
     if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+        raise ParameterError(f"alpha must be > 0, got {alpha}")
     if not 0.0 <= l1_ratio <= 1.0:
-        raise ValueError(f"l1_ratio must be within [0, 1], got {l1_ratio}")
+        raise ParameterError(f"l1_ratio must be within [0, 1], got {l1_ratio}")
+    from sklearn.linear_model import ElasticNet
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if scale else []
     steps.append(
         ("elasticnet", ElasticNet(alpha=alpha, l1_ratio=l1_ratio, random_state=random_state))
@@ -75,6 +62,8 @@ def _elasticnet(p: dict[str, Any]) -> Pipeline:
 
 
 def _svr(p: dict[str, Any]) -> Pipeline:
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVR
 
     return Pipeline(
@@ -90,6 +79,7 @@ def _trees(step: str) -> Callable[[dict[str, Any]], Pipeline]:
 
     def build(p: dict[str, Any]) -> Pipeline:
         from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+        from sklearn.pipeline import Pipeline
 
         cls = RandomForestRegressor if step == "forest" else ExtraTreesRegressor
         return Pipeline(
@@ -127,6 +117,7 @@ TREES_GRID: dict[str, list[Any]] = {
 
 def _hist_gradient_boosting(p: dict[str, Any]) -> Pipeline:
     from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
 
     return Pipeline(
         [
@@ -209,6 +200,6 @@ def family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ValueError(
+        raise ParameterError(
             f"unknown model family {name!r}; choose from {', '.join(FAMILIES)}"
         ) from None

@@ -4,6 +4,9 @@ A new version becomes `champion` only if it beats the current champion on the *s
 rows: the champion is reloaded and re-scored on the caller's test frame, so a change of data or
 of protocol cannot make an old number look better or worse than it is. Otherwise the version
 becomes `challenger`, and the decision says why. Which metric decides is the caller's.
+
+`decide` is the rule, a pure function; `gate` gathers what it needs (the current champion and
+its score now) and applies the decision.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from winequality.errors import NotFoundError
+
 DEFAULT_MODEL_NAME = "wine-quality"
 CHAMPION, CHALLENGER = "champion", "challenger"
+GATE_TAG = "winequality.gate"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,45 @@ def register(
     return str(version.version)
 
 
+def decide(
+    name: str,
+    version: str,
+    score: float,
+    champion: str | None,
+    champion_score: float | None,
+    *,
+    metric: str = "rmse",
+    force: bool = False,
+) -> Decision:
+    """The gate's rule: lower `metric` wins; the first version and `force` win outright."""
+    if champion is None:
+        alias, reason = CHAMPION, "first version: no champion yet"
+    elif champion == version:
+        alias, reason = CHAMPION, "already the champion"
+    elif champion_score is None:
+        raise ValueError("a champion to beat needs its score")
+    elif force:
+        alias = CHAMPION
+        reason = (
+            f"--force: replaces v{champion} ({metric} {champion_score:.4f}) "
+            f"regardless of {metric} {score:.4f}"
+        )
+    elif score < champion_score:
+        alias = CHAMPION
+        reason = (
+            f"{metric} {score:.4f} beats champion v{champion} ({champion_score:.4f}) "
+            f"on the same held-out rows"
+        )
+    else:
+        alias = CHALLENGER
+        reason = (
+            f"{metric} {score:.4f} does not beat champion v{champion} "
+            f"({champion_score:.4f}) on the same held-out rows"
+        )
+    previous = champion if champion != version else None
+    return Decision(name, version, alias, score, previous, champion_score, reason)
+
+
 def gate(
     name: str,
     version: str,
@@ -58,74 +103,67 @@ def gate(
     force: bool = False,
     tracking_uri: str | None = None,
 ) -> Decision:
-    """Give `version` the champion alias if it beats the champion on the same rows (lower wins)."""
+    """Re-score the current champion on the same rows, decide, and set the alias and tag."""
     import mlflow
 
     from winequality.evaluate import regression_metrics
     from winequality.predict import load_scorer
 
     client = mlflow.MlflowClient()
-    current = _alias_version(client, name, CHAMPION)
-    previous_score = None
-    if current is not None and current != version:
-        champion = load_scorer(f"models:/{name}@{CHAMPION}", tracking_uri)
-        previous_score = regression_metrics(test_target, champion.predict(test_features))[metric]
-    if current is None:
-        alias, reason = CHAMPION, "first version: no champion yet"
-    elif current == version:
-        alias, reason = CHAMPION, "already the champion"
-    elif force:
-        alias, reason = (
-            CHAMPION,
-            (
-                f"--force: replaces v{current} ({metric} "
-                f"{previous_score:.4f}) regardless of {metric} {score:.4f}"
-            ),
-        )
-    elif previous_score is not None and score < previous_score:
-        alias, reason = (
-            CHAMPION,
-            (
-                f"{metric} {score:.4f} beats champion v{current} "
-                f"({previous_score:.4f}) on the same held-out rows"
-            ),
-        )
-    else:
-        alias, reason = (
-            CHALLENGER,
-            (
-                f"{metric} {score:.4f} does not beat champion v{current} "
-                f"({previous_score:.4f}) on the same held-out rows"
-            ),
-        )
-    client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, "winequality.gate", reason)
-    return Decision(
-        name, version, alias, score, current if current != version else None, previous_score, reason
-    )
+    champion = alias_version(client, name, CHAMPION)
+    champion_score = None
+    if champion is not None and champion != version:
+        scorer = load_scorer(f"models:/{name}@{CHAMPION}", tracking_uri)
+        champion_score = regression_metrics(test_target, scorer.predict(test_features))[metric]
+    decision = decide(name, version, score, champion, champion_score, metric=metric, force=force)
+    client.set_registered_model_alias(name, decision.alias, version)
+    client.set_model_version_tag(name, version, GATE_TAG, decision.reason)
+    return decision
 
 
-def _alias_version(client: Any, name: str, alias: str) -> str | None:
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points to, or None if the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
-def list_versions(name: str = DEFAULT_MODEL_NAME) -> list[VersionInfo]:
-    """Every version of a registered model, newest first, with aliases and tags (metrics)."""
+def list_versions(
+    name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None
+) -> list[VersionInfo]:
+    """Every version of a registered model, newest first, with aliases and tags (metrics).
+
+    Raises NotFoundError naming the store searched if there is no such model. Only reads: a
+    missing local store is reported, not created.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from winequality import tracking
+
+    uri = tracking.connect(tracking_uri, create=False)
     import mlflow
 
     client = mlflow.MlflowClient()
-    versions = client.search_model_versions(f"name = '{name}'")
-    aliases: dict[str, list[str]] = {}
     try:
-        for alias, version in client.get_registered_model(name).aliases.items():
-            aliases.setdefault(str(version), []).append(alias)
-    except Exception:
-        return []
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise NotFoundError(
+            f"no registered model named {name!r} in {tracking.describe(uri)}; register one with "
+            f"`winequality sweep`, or point at another store with --tracking-uri "
+            f"(or MLFLOW_TRACKING_URI)"
+        ) from None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+    versions = client.search_model_versions(f"name = '{quoted}'")
     return sorted(
         (
             VersionInfo(

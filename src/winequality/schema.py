@@ -1,7 +1,7 @@
 """The feature schema: the one source of truth for what a wine looks like.
 
-Names (the seed's and UCI's spelling), dtypes, physical ranges, units and descriptions live here,
-and everything else is derived from them: the MLflow signature, the input example, the
+Names (the tutorial's and UCI's spelling), dtypes, physical ranges, units and descriptions live
+here, and everything else is derived from them: the MLflow signature, the input example, the
 training-data check, the validator that batch scoring and the REST server share, and the form
 on the prediction page. No I/O and no MLflow tracking here; MLflow's *types* are imported lazily
 so that this module stays cheap to import.
@@ -37,9 +37,6 @@ class Feature:
     maximum: float
     typical: float  # median of the red data, used as a form placeholder and in docs
     dtype: str = "double"
-
-    def contains(self, value: float) -> bool:
-        return self.minimum <= value <= self.maximum
 
 
 @dataclass(frozen=True)
@@ -206,32 +203,6 @@ class Validation:
     @property
     def ok(self) -> bool:
         return not self.errors
-
-
-class SchemaError(ValueError):
-    """Input does not fit the feature schema; `issues` lists every problem."""
-
-    def __init__(
-        self,
-        issues: Sequence[FeatureIssue],
-        what: str = "input",
-        row_label: str = "row",
-        row_offset: int = 0,
-    ) -> None:
-        self.issues = list(issues)
-        self.what = what
-        self.row_label = row_label
-        self.row_offset = row_offset
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        total = sum(i.count for i in self.issues)
-        lines = [
-            f"{self.what} does not fit the wine feature schema "
-            f"({total} problem{'s' if total != 1 else ''}):"
-        ]
-        lines += [f"  - {i.describe(self.row_label, self.row_offset)}" for i in self.issues]
-        return "\n".join(lines)
 
 
 def _close_match(name: str, candidates: Iterable[str]) -> str | None:

@@ -1,21 +1,27 @@
-"""The REST server: MLflow's scoring protocol, validated by the same code as batch scoring.
+"""The REST server: MLflow's scoring protocol, decoded and validated by `codecs`.
 
 HTTP only: content types, body limits, status codes and error bodies, the OpenAPI document and
-the prediction page. Parsing and validation are `winequality.predict.parse_payload` and the
-feature schema; this module holds no copy of either.
+the prediction page (both package resources, completed from the feature schema at start).
+Decoding and validation are `winequality.codecs` and the feature schema; this module holds no
+copy of either.
 
-Errors are JSON `{"error_code", "message", "errors": [{"row", "column", "reason"}]}`: 400 for a
-body that is not the protocol, 422 for values that break the schema, 413 past the body limit,
-415 for other content types. No stack trace ever leaves the process.
+Errors are JSON `{"error_code", "message", "errors": [{"row", "column", "reason"}]}`, mapped in
+one handler from the `WinequalityError` that carries each status: 400 for a body that is not
+the protocol, 422 for values that break the schema, 413 past the body limit, 415 for other
+content types. Anything else is a bug: logged with a request id, answered 500 with that id and
+no trace.
 """
 
 from __future__ import annotations
 
+import copy
 import html
-import io
 import logging
 import os
+import uuid
+from functools import cache
 from importlib.metadata import version
+from importlib.resources import files
 from typing import Any
 
 import orjson
@@ -25,26 +31,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from winequality import schema
-from winequality.errors import first_line
-from winequality.predict import PayloadError, Scorer, parse_payload
-from winequality.schema import FeatureIssue, Validation
+from winequality import codecs, schema
+from winequality.errors import PayloadTooLarge, SchemaError, UnsupportedMedia, WinequalityError
+from winequality.predict import Scorer
+from winequality.schema import FeatureIssue
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # a 10,000-row JSON body is about 2.5 MB
-MAX_LISTED_ERRORS = 1000
-JSON = "application/json"
-CSV = "text/csv"
-PARQUET = "application/vnd.apache.parquet"
+JSON = codecs.JSON
 ENV_PREFIX = "WINEQUALITY_SERVE_"
 log = logging.getLogger("winequality.serve")
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.errors = status, code, message, errors or []
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -56,201 +51,172 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def error_response(error: ApiError) -> Response:
-    body: dict[str, Any] = {
-        "error_code": error.code,
-        "message": error.message,
-        "errors": error.errors,
-    }
-    return json_response(body, error.status)
+def error_body(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> bytes:
+    return orjson.dumps({"error_code": code, "message": message, "errors": errors or []})
 
 
-def issue_entries(
-    issues: list[FeatureIssue], limit: int = MAX_LISTED_ERRORS
-) -> list[dict[str, Any]]:
-    """One entry per offending cell (row is the 0-based position in the request)."""
-    entries: list[dict[str, Any]] = []
-    for issue in issues:
-        if not issue.rows:
-            entries.append({"row": None, "column": issue.column, "reason": issue.reason})
-            continue
-        for k, row in enumerate(issue.rows):
-            if len(entries) >= limit:
-                return entries
-            entry: dict[str, Any] = {"row": row, "column": issue.column, "reason": issue.reason}
-            if k < len(issue.values) and issue.kind != "missing_value":
-                value = issue.values[k]
-                entry["value"] = value if isinstance(value, (int, float, str)) else repr(value)
-            entries.append(entry)
-    return entries
-
-
-def _content_type(request: Request) -> str:
+def media_type(request: Request) -> str:
+    """The body's media type; 415 for anything but JSON, CSV or Parquet in UTF-8."""
     raw = request.headers.get("content-type", "")
     mime, *parameters = (part.strip() for part in raw.split(";"))
     for parameter in parameters:
         key, _, value = parameter.partition("=")
         if key.strip().lower() != "charset":
-            raise ApiError(
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-                f"unrecognised content type parameter {key.strip()!r}",
-            )
+            raise UnsupportedMedia(f"unrecognised content type parameter {key.strip()!r}")
         if value.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "only UTF-8 bodies are supported")
+            raise UnsupportedMedia("only UTF-8 bodies are supported")
     mime = mime.lower()
-    if mime not in (JSON, CSV, PARQUET):
-        raise ApiError(
-            415,
-            "UNSUPPORTED_MEDIA_TYPE",
+    if mime not in codecs.MEDIA_TYPES:
+        raise UnsupportedMedia(
             f"content type {raw or '(none)'!r} is not supported; send {JSON} "
-            f"(MLflow's scoring protocol), {CSV} or {PARQUET}",
+            f"(MLflow's scoring protocol), {codecs.CSV} or {codecs.PARQUET}"
         )
     return mime
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing one past `limit` bytes as soon as that is known."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(
-            413, "PAYLOAD_TOO_LARGE", f"the body is {int(declared)} bytes; the limit is {limit}"
-        )
+        raise PayloadTooLarge(f"the body is {int(declared)} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _validate_body(body: bytes, mime: str, allow_out_of_range: bool) -> Validation:
-    if mime == JSON:
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, "BAD_REQUEST", f"the body is not valid JSON: {exc}") from None
-        try:
-            return parse_payload(payload, allow_out_of_range=allow_out_of_range)
-        except PayloadError as exc:
-            raise ApiError(400, "BAD_REQUEST", str(exc)) from None
-    import pandas as pd
-
-    try:
-        if mime == CSV:
-            frame = pd.read_csv(io.BytesIO(body), skip_blank_lines=False)
-        else:
-            frame = pd.read_parquet(io.BytesIO(body))
-    except Exception as exc:
-        kind = "CSV" if mime == CSV else "Parquet"
-        first = first_line(exc)
-        raise ApiError(400, "BAD_REQUEST", f"the body is not readable {kind}: {first}") from None
-    if mime == CSV and frame.shape[1] == 1 and ";" in str(frame.columns[0]):
-        raise ApiError(
-            400,
-            "BAD_REQUEST",
-            "text/csv bodies are ','-separated (MLflow's "
-            "scoring protocol); this one looks ';'-separated (UCI's layout)",
-        )
-    return schema.validate_columns(frame, unknown="warn", allow_out_of_range=allow_out_of_range)
-
-
-def _warning_header(issues: list[FeatureIssue]) -> dict[str, str]:
+def warning_header(issues: list[FeatureIssue]) -> dict[str, str]:
     if not issues:
         return {}
     text = "; ".join(i.describe() for i in issues[:5])
     return {"X-Winequality-Warnings": text.encode("ascii", "replace").decode()[:1000]}
 
 
+class Endpoints:
+    """The routes of a server scoring one loaded model; fixed answers are encoded once."""
+
+    def __init__(self, scorer: Scorer, *, max_body_bytes: int, allow_out_of_range: bool) -> None:
+        self.scorer = scorer
+        self.max_body_bytes = max_body_bytes
+        self.allow_out_of_range = allow_out_of_range
+        versions = {
+            "winequality": version("winequality"),
+            "mlflow": version("mlflow"),
+            "scikit-learn": version("scikit-learn"),
+        }
+        metadata = scorer.metadata()
+        self.fixed = {
+            "/health": orjson.dumps(
+                {"status": "ok", "model_loaded": True, "model_uri": scorer.model_uri}
+            ),
+            "/version": orjson.dumps(versions),
+            "/metadata": orjson.dumps(metadata, option=orjson.OPT_SERIALIZE_NUMPY),
+            "/openapi.json": orjson.dumps(
+                openapi_document(scorer.model_uri, versions["winequality"])
+            ),
+        }
+        self.page = render_page(metadata)
+
+    async def invocations(self, request: Request) -> Response:
+        mime = media_type(request)
+        body = await read_body(request, self.max_body_bytes)
+        decoded = codecs.decode(
+            body, mime, what="the body", allow_out_of_range=self.allow_out_of_range
+        )
+        checked = decoded.validation
+        if not checked.ok:
+            raise SchemaError(checked.errors, what="the input")
+        predictions = self.scorer.predict(checked.features)
+        return Response(
+            orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
+            media_type=JSON,
+            headers=warning_header(checked.warnings),
+        )
+
+    async def ping(self, request: Request) -> Response:
+        return Response("\n", media_type=JSON)  # what MLflow's server answers
+
+    async def fixed_answer(self, request: Request) -> Response:
+        return Response(self.fixed[request.url.path], media_type=JSON)
+
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(self.page)
+
+    def routes(self) -> list[Route]:
+        fixed = [Route(path, self.fixed_answer, methods=["GET"]) for path in self.fixed]
+        return [
+            Route("/invocations", self.invocations, methods=["POST"]),
+            Route("/ping", self.ping, methods=["GET"]),
+            *fixed,
+            Route("/", self.index, methods=["GET"]),
+        ]
+
+
+async def known_error(request: Request, exc: Exception) -> Response:
+    """Every deliberate error, with the status it carries."""
+    assert isinstance(exc, WinequalityError)
+    body = error_body(exc.error_code, exc.summary, exc.entries())
+    return Response(body, status_code=exc.http_status, media_type=JSON)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+    body = error_body(codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
+    return Response(body, status_code=exc.status_code, media_type=JSON)
+
+
+async def bug(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its trace under a request id; the client gets the id, no trace."""
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    log.error(
+        "request %s: %s %s failed", request_id, request.method, request.url.path, exc_info=exc
+    )
+    body = orjson.dumps(
+        {
+            "error_code": "INTERNAL_ERROR",
+            "message": f"internal error; the server log has the details under {request_id}",
+            "errors": [],
+            "request_id": request_id,
+        }
+    )
+    return Response(body, status_code=500, media_type=JSON, headers={"X-Request-Id": request_id})
+
+
 def create_app(
     scorer: Scorer, *, max_body_bytes: int = DEFAULT_MAX_BODY, allow_out_of_range: bool = False
 ) -> Starlette:
     """The ASGI app serving one loaded model."""
-    versions = {
-        "winequality": version("winequality"),
-        "mlflow": version("mlflow"),
-        "scikit-learn": version("scikit-learn"),
-    }
-    metadata = scorer.metadata()
-    static = {
-        "health": orjson.dumps(
-            {"status": "ok", "model_loaded": True, "model_uri": scorer.model_uri}
-        ),
-        "version": orjson.dumps(versions),
-        "metadata": orjson.dumps(metadata, option=orjson.OPT_SERIALIZE_NUMPY),
-        "openapi": orjson.dumps(openapi_document(scorer, versions["winequality"])),
-    }
-    page = render_page(metadata)
-
-    async def invocations(request: Request) -> Response:
-        try:
-            mime = _content_type(request)
-            body = await _read_body(request, max_body_bytes)
-            checked = _validate_body(body, mime, allow_out_of_range)
-            if not checked.ok:
-                total = sum(i.count for i in checked.errors)
-                raise ApiError(
-                    422,
-                    "INVALID_INPUT",
-                    f"the input does not fit the wine feature schema ({total} "
-                    f"problem{'s' if total != 1 else ''})",
-                    issue_entries(checked.errors),
-                )
-            predictions = scorer.predict(checked.features)
-        except ApiError as error:
-            return error_response(error)
-        return Response(
-            orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
-            media_type=JSON,
-            headers=_warning_header(checked.warnings),
-        )
-
-    def fixed(key: str) -> Any:
-        async def endpoint(request: Request) -> Response:
-            return Response(static[key], media_type=JSON)
-
-        return endpoint
-
-    async def ping(request: Request) -> Response:
-        return Response("\n", media_type="application/json")  # what MLflow's server answers
-
-    async def index(request: Request) -> Response:
-        return HTMLResponse(page)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-        return error_response(
-            ApiError(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
-        )
-
-    async def crash(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(
-            ApiError(500, "INTERNAL_ERROR", "internal error; the server log has the details")
-        )
-
-    routes = [
-        Route("/invocations", invocations, methods=["POST"]),
-        Route("/ping", ping, methods=["GET"]),
-        Route("/health", fixed("health"), methods=["GET"]),
-        Route("/version", fixed("version"), methods=["GET"]),
-        Route("/metadata", fixed("metadata"), methods=["GET"]),
-        Route("/openapi.json", fixed("openapi"), methods=["GET"]),
-        Route("/", index, methods=["GET"]),
-    ]
+    endpoints = Endpoints(
+        scorer, max_body_bytes=max_body_bytes, allow_out_of_range=allow_out_of_range
+    )
     return Starlette(
-        routes=routes, exception_handlers={HTTPException: http_error, Exception: crash}
+        routes=endpoints.routes(),
+        exception_handlers={
+            WinequalityError: known_error,
+            HTTPException: http_error,
+            Exception: bug,
+        },
     )
 
 
 # ---------------------------------------------------------------------------------------------
-# Documents derived from the schema
+# Documents: package resources completed from the schema
 # ---------------------------------------------------------------------------------------------
 
 
-def openapi_document(scorer: Scorer, package_version: str) -> dict[str, Any]:
+@cache
+def _resource(name: str) -> str:
+    return (files("winequality") / "resources" / name).read_text(encoding="utf-8")
+
+
+def openapi_document(model_uri: str, package_version: str) -> dict[str, Any]:
+    """resources/openapi.json, with the model, the version and the feature schema filled in."""
+    document: dict[str, Any] = copy.deepcopy(orjson.loads(_resource("openapi.json")))
     wine: dict[str, Any] = {
         "type": "object",
         "required": list(schema.FEATURE_NAMES),
@@ -266,137 +232,29 @@ def openapi_document(scorer: Scorer, package_version: str) -> dict[str, Any]:
         },
         "additionalProperties": True,
     }
-    columns = {
+    document["info"]["version"] = package_version
+    document["info"]["description"] = (
+        f"Scores red/white wines with {model_uri}. Inputs follow the model signature: the "
+        "11 physicochemical features as doubles, within physical ranges."
+    )
+    components = document["components"]["schemas"]
+    components["Wine"] = wine
+    components["WineColumns"] = {
         "type": "object",
         "required": list(schema.FEATURE_NAMES),
         "properties": {
-            f.name: {"type": "array", "items": wine["properties"][f.name]} for f in schema.FEATURES
+            name: {"type": "array", "items": spec} for name, spec in wine["properties"].items()
         },
     }
-    records = {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Wine"}}
-    request = {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["dataframe_split"],
-                "properties": {
-                    "dataframe_split": {
-                        "type": "object",
-                        "required": ["columns", "data"],
-                        "properties": {
-                            "columns": {
-                                "type": "array",
-                                "items": {"type": "string"},
-                                "example": list(schema.FEATURE_NAMES),
-                            },
-                            "data": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {"type": "array", "items": {"type": "number"}},
-                            },
-                        },
-                    }
-                },
-            },
-            {
-                "type": "object",
-                "required": ["dataframe_records"],
-                "properties": {"dataframe_records": records},
-            },
-            {"type": "object", "required": ["instances"], "properties": {"instances": records}},
-            {
-                "type": "object",
-                "required": ["inputs"],
-                "properties": {"inputs": {"oneOf": [records, columns]}},
-            },
-        ]
-    }
-    error = {"$ref": "#/components/schemas/Error"}
-    problem = {"description": "", "content": {JSON: {"schema": error}}}
-
-    def responses(**extra: str) -> dict[str, Any]:
-        return {code: {**problem, "description": text} for code, text in extra.items()}
-
-    def simple(summary: str) -> dict[str, Any]:
-        return {"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}
-
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "winequality scoring API",
-            "version": package_version,
-            "description": f"Scores red/white wines with {scorer.model_uri}. Inputs follow "
-            "the model signature: the 11 physicochemical features as "
-            "doubles, within physical ranges.",
-        },
-        "paths": {
-            "/invocations": {
-                "post": {
-                    "summary": "Predict quality scores (MLflow scoring protocol)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            JSON: {"schema": request},
-                            CSV: {"schema": {"type": "string"}},
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "One predicted quality score per row",
-                            "content": {
-                                JSON: {"schema": {"$ref": "#/components/schemas/Predictions"}}
-                            },
-                        },
-                        **responses(
-                            **{
-                                "400": "Not MLflow's scoring protocol",
-                                "413": "Body too large",
-                                "415": "Unsupported content type",
-                                "422": "Values that break the feature schema",
-                            }
-                        ),
-                    },
-                }
-            },
-            "/ping": simple("Liveness"),
-            "/health": simple("The model is loaded"),
-            "/version": simple("Package versions"),
-            "/metadata": simple("Model URI, run, signature, input example, feature schema"),
-        },
-        "components": {
-            "schemas": {
-                "Wine": wine,
-                "Predictions": {
-                    "type": "object",
-                    "required": ["predictions"],
-                    "properties": {"predictions": {"type": "array", "items": {"type": "number"}}},
-                },
-                "Error": {
-                    "type": "object",
-                    "required": ["error_code", "message", "errors"],
-                    "properties": {
-                        "error_code": {"type": "string"},
-                        "message": {"type": "string"},
-                        "errors": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "row": {"type": "integer", "nullable": True},
-                                    "column": {"type": "string", "nullable": True},
-                                    "reason": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                },
-            }
-        },
-    }
+    split = document["paths"]["/invocations"]["post"]["requestBody"]["content"][JSON]["schema"]
+    columns = split["oneOf"][0]["properties"]["dataframe_split"]["properties"]["columns"]
+    columns["example"] = list(schema.FEATURE_NAMES)
+    return document
 
 
 def render_page(metadata: dict[str, Any]) -> str:
-    """A self-contained page (no CDN): a form from the schema, prefilled with the example."""
+    """resources/page.html (self-contained, no CDN): a form from the schema, prefilled with the
+    model's input example."""
     example = metadata.get("input_example") or {}
     rows = example.get("data") or [[f["typical"] for f in metadata["features"]]]
     fields = []
@@ -416,86 +274,15 @@ def render_page(metadata: dict[str, Any]) -> str:
     # Raw JSON inside <script>: entities are not decoded there; only "</" must not appear.
     payload = {"rows": rows, "columns": [f["name"] for f in metadata["features"]]}
     data = orjson.dumps(payload).decode().replace("</", "<\\/")
-    return PAGE.format(
-        fields="\n".join(fields),
-        options=options,
-        data=data,
-        model=html.escape(str(metadata.get("model_uri"))),
-    )
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>winequality: predict a wine's quality</title>
-<style>
-body {{ font: 15px/1.4 system-ui, sans-serif; max-width: 46rem; margin: 2rem auto;
-       padding: 0 1rem; color: #222; }}
-h1 {{ font-size: 1.4rem; margin-bottom: .2rem; }}
-.model {{ color: #666; font-size: .85rem; word-break: break-all; }}
-form {{ display: grid; grid-template-columns: 1fr 1fr; gap: .6rem 1.2rem; margin-top: 1rem; }}
-label {{ display: flex; flex-direction: column; }}
-.unit {{ color: #777; font-size: .8rem; }}
-input {{ font: inherit; padding: .3rem; border: 1px solid #bbb; border-radius: 4px; }}
-input.invalid {{ border-color: #c0392b; background: #fdf0ef; }}
-.error {{ color: #c0392b; min-height: 1em; }}
-.actions {{ grid-column: 1 / -1; display: flex; gap: 1rem; align-items: center; }}
-button {{ font: inherit; padding: .4rem 1.2rem; }}
-#result {{ font-size: 1.6rem; font-weight: 600; }}
-#message {{ color: #c0392b; }}
-</style></head>
-<body>
-<h1>Predict a wine's quality</h1>
-<div class="model">model: {model}</div>
-<form id="wine" novalidate>
-{fields}
-<div class="actions">
-<button type="submit">Predict</button>
-<select id="example">{options}</select>
-<span id="result" aria-live="polite"></span>
-</div>
-</form>
-<p id="message" role="alert"></p>
-<script id="example-data" type="application/json">{data}</script>
-<script>
-const form = document.getElementById("wine");
-const examples = JSON.parse(document.getElementById("example-data").textContent);
-const result = document.getElementById("result");
-const message = document.getElementById("message");
-function clearErrors() {{
-  form.querySelectorAll(".error").forEach(e => e.textContent = "");
-  form.querySelectorAll("input").forEach(i => i.classList.remove("invalid"));
-  message.textContent = ""; result.textContent = "";
-}}
-document.getElementById("example").addEventListener("change", ev => {{
-  const row = examples.rows[Number(ev.target.value)];
-  examples.columns.forEach((c, j) => form.querySelector(`[data-column="${{c}}"]`).value = row[j]);
-  clearErrors();
-}});
-form.addEventListener("submit", async ev => {{
-  ev.preventDefault(); clearErrors();
-  const columns = examples.columns;
-  const row = columns.map(c => {{
-    const text = form.querySelector(`[data-column="${{c}}"]`).value.trim();
-    return text === "" ? null : (isNaN(Number(text)) ? text : Number(text));
-  }});
-  try {{
-    const answer = await fetch("invocations", {{method: "POST",
-      headers: {{"Content-Type": "application/json"}},
-      body: JSON.stringify({{dataframe_split: {{columns, data: [row]}}}})}});
-    const body = await answer.json();
-    if (answer.ok) {{ result.textContent = "quality ≈ " + body.predictions[0].toFixed(2); return; }}
-    message.textContent = body.message;
-    (body.errors || []).forEach(e => {{
-      const slot = form.querySelector(`[data-error-for="${{e.column}}"]`);
-      if (slot) {{ slot.textContent = e.reason;
-        form.querySelector(`[data-column="${{e.column}}"]`).classList.add("invalid"); }}
-    }});
-  }} catch (err) {{ message.textContent = "request failed: " + err; }}
-}});
-</script>
-</body></html>
-"""
+    page = _resource("page.html")
+    for key, value in (
+        ("fields", "\n".join(fields)),
+        ("options", options),
+        ("data", data),
+        ("model", html.escape(str(metadata.get("model_uri")))),
+    ):
+        page = page.replace("{{" + key + "}}", value)
+    return page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,7 +332,7 @@ def serve(
         "access_log": access_log,
         "timeout_graceful_shutdown": 30,
         "http": "httptools",
-        "loop": "uvloop",
+        "loop": "auto",  # uvloop where it is installed (not on Windows)
     }
     if workers <= 1:
         uvicorn.run(

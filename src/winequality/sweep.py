@@ -1,43 +1,52 @@
-"""Hyperparameter sweeps: an Optuna study mirrored as nested MLflow runs, shareable by workers.
+"""Hyperparameter sweeps: an Optuna study mirrored as nested MLflow runs, shared by workers.
 
-The Optuna study (SQLite by default, PostgreSQL for teams) is the source of truth; MLflow is its
-record. Per study there is one parent run; every trial is one child run (params and CV metrics
-in one batch) created *before* the trial is told COMPLETE, so a finished trial always has its
-run. A worker killed in between leaves a RUNNING trial whose heartbeat stops: it is marked FAIL
-after the grace period and its orphan run deleted, so no finished trial is lost and none is
-logged twice. `--trials N` is the study's target of finished trials, whoever runs them.
+The Optuna study (a local journal file by default, PostgreSQL for teams) is the source of truth;
+MLflow is its record. Per study there is one parent run; every trial is one child run (params
+and CV metrics in one batch) created *before* the trial is told COMPLETE, so a finished trial
+always has its run. A worker killed in between leaves a RUNNING trial whose heartbeat stops: it
+is failed after the grace period and its orphan run deleted, so no finished trial is lost and
+none is logged twice. `--trials N` is the study's target of finished trials, whoever runs them.
+
+`--jobs N` runs N worker processes (forked before any store is opened, so each has its own
+connections), which share the study exactly as workers on other machines do. Each trial's
+sampler is seeded from (seed, trial number): workers never draw alike, and one worker replays
+the same sweep from the same seed.
 
 When the target is reached, exactly one worker (the one that finished the last trial) refits
-the best trial on the training split, evaluates it once on the held-out split, logs it as
-`train` does, registers it and runs the champion gate. No training or logging code lives here
-that `train`, `evaluate` or `registry` already own.
+the best trial on the training split, tests it once on held-out rows that share no wine with
+the training rows, logs it as `train` does, registers it and runs the champion gate.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
+import multiprocessing
+import os
+import signal
 import time
+import traceback
 import uuid
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from winequality import data as wine_data
-from winequality import evaluate, model, registry, schema, tracking
-from winequality.errors import first_line
+from winequality import evaluate, logged_model, model, registry, schema, tracking
+from winequality.errors import ParameterError, SweepError, WinequalityError
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
-DEFAULT_EXPERIMENT = "winequality-sweep"
-HEARTBEAT_SECONDS = 2
-GRACE_SECONDS = 10  # a RUNNING trial silent this long belongs to a dead worker
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from winequality.studies import SharedStudy
+
+DEFAULT_STORAGE = "optuna.journal"  # Optuna's journal file: built for many local processes
+DEFAULT_EXPERIMENT = tracking.SWEEP_EXPERIMENT
 STUDY_TAG, TRIAL_TAG, ROLE_TAG = "winequality.study", "winequality.trial", "winequality.role"
 PARENT_TAG = "mlflow.parentRunId"
+FINALIZED_ATTR = "finalized"
 
 
 @dataclass(frozen=True)
@@ -46,15 +55,15 @@ class SweepConfig:
     wine: wine_data.Wine = "red"
     family: str = "elasticnet"
     trials: int = 50  # finished trials the study should hold (all workers together)
-    jobs: int = 1  # parallel workers in this process
+    jobs: int = 1  # worker processes started by this command
     timeout: float | None = None  # stop starting trials after this many seconds
     grid: bool = False
     study: str | None = None  # default: "<family>-<protocol>"
-    storage: str | None = None  # default: sqlite:///optuna.db
+    storage: str | None = None  # default: the journal file optuna.journal
     protocol: evaluate.Protocol = "grouped"
     folds: int = 5
     repeats: int = 1
-    seed: int = 40  # split, folds and sampler
+    seed: int = 40  # held-out split, folds and sampler
     test_size: float = 0.25
     experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
@@ -66,6 +75,10 @@ class SweepConfig:
     def study_name(self) -> str:
         return self.study or f"{self.family}-{self.protocol}"
 
+    @property
+    def storage_url(self) -> str:
+        return self.storage or os.environ.get("WINEQUALITY_STORAGE") or DEFAULT_STORAGE
+
 
 @dataclass(frozen=True)
 class TrialEvent:
@@ -76,210 +89,197 @@ class TrialEvent:
     target: int
 
 
-@dataclass
+@dataclass(frozen=True)
+class FinalModel:
+    """The best trial refit on the training rows and tested once on the held-out rows."""
+
+    run_id: str
+    model_uri: str
+    test_metrics: dict[str, float]
+    decision: registry.Decision | None
+
+
+@dataclass(frozen=True)
 class SweepResult:
     study: str
     parent_run_id: str
+    parent_run_url: str | None  # a link for HTTP tracking servers
     complete: int
+    target: int
     ran_here: int
     best_trial: int
     best_params: dict[str, Any]
     best_cv: dict[str, float]
-    finalized: bool = False  # False when another worker finalizes
-    final_run_id: str | None = None
-    test_metrics: dict[str, float] = field(default_factory=dict)
-    model_uri: str | None = None
-    decision: registry.Decision | None = None
+    stopped_early: bool  # --timeout ended the sweep before the target
+    final: FinalModel | None  # None when another worker finalizes, or it was done before
+    finalized_before: dict[str, Any] | None  # what an earlier run of this study registered
+
+    @property
+    def finalized(self) -> bool:
+        return self.final is not None
 
 
-class SweepError(ValueError):
-    """The sweep cannot run as asked (e.g. a study created with other settings)."""
+class SweepInterrupted(WinequalityError):
+    """Ctrl+C: the finished trials are kept; running the same command resumes the study."""
+
+    exit_code = 130
+
+    def __init__(self, study: str, complete: int, target: int) -> None:
+        super().__init__(
+            f"interrupted: {complete} of {target} trials finished and are kept in study {study!r}"
+        )
+        self.study, self.complete, self.target = study, complete, target
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What every worker process needs: one bundle, built once by the command."""
+
+    config: SweepConfig
+    family: model.Family
+    folds: evaluate.Folds
+    x_train: np.ndarray
+    y_train: np.ndarray
+    target: int
+    deadline: float | None  # time.time() after which no trial starts
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a worker logs: learnt by the first process, sent to the others."""
+
+    experiment_id: str
+    parent_run_id: str
 
 
 def run_sweep(
     config: SweepConfig, on_trial: Callable[[TrialEvent], None] | None = None
 ) -> SweepResult:
     """Run (or join, or resume) a sweep until the study holds `config.trials` finished trials."""
-    import optuna
-
     family = model.family(config.family)
     if config.trials < 1 or config.jobs < 1:
-        raise ValueError("--trials and --jobs must be at least 1")
+        raise ParameterError("--trials and --jobs must be at least 1")
     wine = wine_data.load(config.data, config.wine)
-    train_frame, test_frame = wine_data.split(wine.frame, config.test_size, config.seed)
-    features = list(schema.FEATURE_NAMES)
+    train_frame, test_frame = evaluate.holdout_split(wine.frame, config.test_size, config.seed)
     folds = evaluate.make_folds(
         train_frame, config.protocol, folds=config.folds, repeats=config.repeats, seed=config.seed
     )
-    tracking.connect(config.tracking_uri)
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    experiment_id = _set_experiment(config.experiment)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(config.storage or DEFAULT_STORAGE)
     grid = family.grid if config.grid else None
     target = (
         min(config.trials, int(np.prod([len(v) for v in grid.values()]))) if grid else config.trials
     )
-    study = optuna.create_study(
-        study_name=config.study_name,
-        storage=storage,
-        direction="minimize",
-        load_if_exists=True,
-        sampler=_sampler(grid, config.seed),
-    )
-    _check_same_settings(study, config, wine.sha256)
-    parent = ensure_parent_run(client, experiment_id, study.study_name, config)
-    _delete_orphans(client, experiment_id, study)
-
-    x_train = train_frame[features]
-    y_train = train_frame[schema.TARGET.name]
-    worker = _Worker(
-        study,
+    features = list(schema.FEATURE_NAMES)
+    plan = WorkerPlan(
+        config,
         family,
         folds,
-        x_train,
-        y_train,
-        client,
-        experiment_id,
-        parent,
+        train_frame[features].to_numpy(dtype=np.float64),
+        train_frame[schema.TARGET.name].to_numpy(dtype=np.float64),
         target,
-        config.timeout,
-        on_trial,
+        time.time() + config.timeout if config.timeout else None,
     )
-    if config.jobs == 1:
-        worker.run()
-    else:  # threads share the study and its sampler, as Optuna's own n_jobs does
-        threads = [threading.Thread(target=worker.run) for _ in range(config.jobs)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    _delete_orphans(client, experiment_id, study)
-    if worker.errors:
-        raise worker.errors[0]
+    # Helpers fork now, before any store is opened: each opens its own connections.
+    helpers = [_Helper.start(plan) for _ in range(config.jobs - 1)]
+    try:
+        uri = tracking.connect(config.tracking_uri)
+        import mlflow
 
-    complete = _trials(study, "COMPLETE")
+        client = mlflow.MlflowClient()
+        experiment_id = str(tracking.use_experiment(config.experiment).experiment_id)
+        shared = _join_study(plan)
+        _check_same_settings(shared, config, wine.sha256)
+        parent = ensure_parent_run(client, experiment_id, shared.name, config)
+        _link_project_run(client, shared.name, parent)
+        if not shared.study.user_attrs.get(FINALIZED_ATTR):
+            client.update_run(parent, status="RUNNING")  # resumed after an interruption
+        delete_orphans(client, experiment_id, shared)
+    except BaseException:
+        for helper in helpers:
+            helper.cancel()
+        raise
+    where = Tracking(experiment_id, parent)
+    for helper in helpers:
+        helper.go(where)
+    worker = _Worker(plan, where, shared, client, on_trial)
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        for helper in helpers:
+            helper.stop()
+        delete_orphans(client, experiment_id, shared)
+        client.update_run(parent, status="KILLED")  # the UI shows it stopped; resume revives
+        kept = len(shared.trials("COMPLETE"))
+        raise SweepInterrupted(shared.name, kept, target) from None
+    except BaseException:
+        for helper in helpers:
+            helper.stop()
+        raise
+    mine = set(worker.mine)
+    for helper in helpers:
+        mine |= helper.finish()  # raises a helper's error here
+    delete_orphans(client, experiment_id, shared)
+
+    complete = shared.trials("COMPLETE")
     if not complete:
-        raise SweepError("no trial finished (timeout too short?)")
-    best = study.best_trial
-    result = SweepResult(
-        study.study_name,
-        parent,
-        len(complete),
-        len(worker.mine),
-        best.number,
-        dict(best.params),
-        dict(best.user_attrs.get("cv", {})),
-    )
-    if _should_finalize(study, worker.mine, target):
-        _finalize(result, config, family, study, wine, train_frame, test_frame, experiment_id)
-        study.set_user_attr("finalized_best", best.number)
+        raise SweepError("no trial finished (is --timeout too short?)")
+    best = shared.study.best_trial
+    cv = best.user_attrs.get("cv", {})
+    final = None
+    finalized_before = shared.study.user_attrs.get(FINALIZED_ATTR)
+    if finalized_before and finalized_before.get("best_trial") != best.number:
+        finalized_before = None  # a better trial since: register it
+    if finalized_before is None and _should_finalize(shared, mine):
+        final = finalize(plan, shared, wine, train_frame, test_frame, where)
+        shared.study.set_user_attr(
+            FINALIZED_ATTR,
+            {
+                "best_trial": best.number,
+                "run_id": final.run_id,
+                "model_uri": final.model_uri,
+                "version": final.decision.version if final.decision else None,
+                "alias": final.decision.alias if final.decision else None,
+            },
+        )
         client.set_terminated(parent, "FINISHED")
-    return result
+    return SweepResult(
+        study=shared.name,
+        parent_run_id=parent,
+        parent_run_url=_run_url(uri, experiment_id, parent),
+        complete=len(complete),
+        target=target,
+        ran_here=len(mine),
+        best_trial=best.number,
+        best_params=dict(best.params),
+        best_cv=dict(cv.get("mean", {})),
+        stopped_early=len(complete) < target,
+        final=final,
+        finalized_before=finalized_before,
+    )
+
+
+def _join_study(plan: WorkerPlan) -> SharedStudy:
+    import optuna
+
+    from winequality.studies import SharedStudy, make_sampler, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = plan.family.grid if plan.config.grid else None
+    storage = open_storage(plan.config.storage_url)
+    return SharedStudy.join(storage, plan.config.study_name, make_sampler(plan.config.seed, grid))
+
+
+def _run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
+# Study bookkeeping
+# ---------------------------------------------------------------------------------------------
 
 
-def _fail_stale_trials(study: Any) -> None:
-    """Mark trials of dead workers FAIL: silent heartbeats, or none ever recorded.
-
-    Optuna only knows the first kind; a worker killed between ask() and its first heartbeat
-    leaves a RUNNING trial with no heartbeat row, which would otherwise block the study forever.
-    """
-    import datetime
-
-    import optuna
-    from optuna.storages._rdb.models import TrialHeartbeatModel  # Optuna's own table
-    from optuna.trial import TrialState
-
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.9, and what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    running = _trials(study, "RUNNING")
-    if not running:
-        return
-    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
-    with storage.engine.connect() as connection:
-        beating = {
-            row[0]
-            for row in connection.execute(
-                TrialHeartbeatModel.__table__.select().with_only_columns(
-                    TrialHeartbeatModel.trial_id
-                )
-            )
-        }
-    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=GRACE_SECONDS)
-    for trial in running:
-        if trial._trial_id not in beating and trial.datetime_start < cutoff:
-            with contextlib.suppress(Exception):  # another worker may have failed it first
-                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-
-
-def open_storage(url: str) -> Any:
-    """Optuna's RDB storage with heartbeats, so trials of dead workers are failed, not stuck."""
-    import optuna
-
-    engine: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        engine["connect_args"] = {"timeout": 60}  # several threads or processes write
-    last: Exception | None = None
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine,
-                    heartbeat_interval=HEARTBEAT_SECONDS,
-                    grace_period=GRACE_SECONDS,
-                )
-        except Exception as exc:
-            last = exc
-            # Workers starting together race to create Optuna's tables in a new database:
-            # the loser sees a duplicate and simply tries again once the tables exist.
-            if not _is_creation_race(exc):
-                break
-            time.sleep(0.5 * (attempt + 1))
-    assert last is not None
-    first = first_line(last)
-    raise tracking.TrackingError(
-        f"cannot open the Optuna storage {tracking._redact(url)}: {first}"
-    ) from last
-
-
-def _is_creation_race(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "duplicate key" in text or "already exists" in text or "unique constraint" in text
-
-
-def _set_experiment(name: str) -> str:
-    """Get or create the experiment; two workers creating it at once both end up using it."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    for _ in range(5):
-        try:
-            return str(mlflow.set_experiment(name).experiment_id)
-        except MlflowException as exc:
-            if not _is_creation_race(exc):
-                raise
-            time.sleep(0.5)
-    return str(mlflow.set_experiment(name).experiment_id)
-
-
-def _sampler(grid: dict[str, list[Any]] | None, seed: int | None) -> Any:
-    import optuna
-
-    if grid is not None:
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, multivariate=True)
-
-
-def _check_same_settings(study: Any, config: SweepConfig, data_sha: str) -> None:
+def _check_same_settings(shared: SharedStudy, config: SweepConfig, data_sha: str) -> None:
     """A study resumed with other data, model or folds would compare apples with pears."""
     settings = {
         "family": config.family,
@@ -291,22 +291,16 @@ def _check_same_settings(study: Any, config: SweepConfig, data_sha: str) -> None
         "grid": config.grid,
         "data_sha256": data_sha,
     }
-    stored = study.user_attrs.get("settings")
+    stored = shared.study.user_attrs.get("settings")
     if stored is None:
-        study.set_user_attr("settings", settings)
+        shared.study.set_user_attr("settings", settings)
     elif stored != settings:
         changed = sorted(k for k in settings if stored.get(k) != settings[k])
         raise SweepError(
-            f"study {study.study_name!r} was created with other settings "
+            f"study {shared.name!r} was created with other settings "
             f"({', '.join(changed)} differ); resume it with the same ones or "
             f"choose another --study"
         )
-
-
-def _trials(study: Any, *states: str) -> list[Any]:
-    from optuna.trial import TrialState
-
-    return study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states))
 
 
 def ensure_parent_run(client: Any, experiment_id: str, study: str, config: SweepConfig) -> str:
@@ -319,7 +313,7 @@ def ensure_parent_run(client: Any, experiment_id: str, study: str, config: Sweep
     def parents() -> list[Any]:
         runs = client.search_runs(
             [experiment_id],
-            filter_string=(f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'sweep'"),
+            filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'sweep'",
             max_results=50,
         )
         return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
@@ -327,18 +321,16 @@ def ensure_parent_run(client: Any, experiment_id: str, study: str, config: Sweep
     found = parents()
     if found:
         return str(found[0].info.run_id)
-    from winequality.train import provenance_tags
+    from mlflow.entities import Param
 
     mine = client.create_run(
         experiment_id,
         run_name=f"sweep {study}",
-        tags={STUDY_TAG: study, ROLE_TAG: "sweep", **provenance_tags()},
+        tags={STUDY_TAG: study, ROLE_TAG: "sweep", **logged_model.provenance_tags()},
     )
     settings = {
         k: v for k, v in asdict(config).items() if k not in ("tracking_uri", "data", "storage")
     }
-    from mlflow.entities import Param
-
     client.log_batch(mine.info.run_id, params=[Param(k, str(v)) for k, v in settings.items()])
     winner = parents()[0].info.run_id
     if winner != mine.info.run_id:
@@ -346,10 +338,27 @@ def ensure_parent_run(client: Any, experiment_id: str, study: str, config: Sweep
     return str(winner)
 
 
-def _children(client: Any, experiment_id: str, study: str) -> dict[int, list[str]]:
+def _link_project_run(client: Any, study: str, parent: str) -> None:
+    """Inside `mlflow run`, the run MLflow started records which sweep it ran.
+
+    The sweep's own runs (one parent per study, shared by every worker and resume) are created
+    as usual, so MLFLOW_RUN_ID is taken out of the environment: the final run must not adopt it.
+    """
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+
+    project_run = MLFLOW_RUN_ID.get()
+    if not project_run:
+        return
+    os.environ.pop(MLFLOW_RUN_ID.name, None)
+    client.set_tag(project_run, STUDY_TAG, study)
+    client.set_tag(project_run, "winequality.sweep_parent_run", parent)
+
+
+def trial_runs(client: Any, experiment_id: str, study: str) -> dict[int, list[str]]:
+    """Run ids of the study's trial runs, by trial number."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'trial'"),
+        filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'trial'",
         max_results=50_000,
     )
     by_trial: dict[int, list[str]] = {}
@@ -358,121 +367,95 @@ def _children(client: Any, experiment_id: str, study: str) -> dict[int, list[str
     return by_trial
 
 
-def _delete_orphans(client: Any, experiment_id: str, study: Any) -> None:
-    """Runs of trials that never finished (their worker died) are removed."""
-
-    _fail_stale_trials(study)
-    failed = {t.number for t in _trials(study, "FAIL")}
+def delete_orphans(client: Any, experiment_id: str, shared: SharedStudy) -> None:
+    """Fail the trials of dead workers, and delete the runs of trials that never finished."""
+    shared.fail_stale_trials()
+    failed = {t.number for t in shared.trials("FAIL")}
     if not failed:
         return
-    for number, run_ids in _children(client, experiment_id, study.study_name).items():
+    for number, run_ids in trial_runs(client, experiment_id, shared.name).items():
         if number in failed:
             for run_id in run_ids:
-                client.delete_run(run_id)
+                with contextlib.suppress(Exception):  # another worker deleted it first
+                    client.delete_run(run_id)
 
 
-@contextlib.contextmanager
-def _heartbeat(study: Any, trial: Any) -> Iterator[None]:
-    """Record the trial's heartbeat while it runs (Optuna only does this inside optimize())."""
-    storage = study._storage
-    stop = threading.Event()
+def _should_finalize(shared: SharedStudy, mine: set[int]) -> bool:
+    """Exactly one worker finalizes: the one that finished the study's last trial."""
+    if shared.trials("RUNNING"):
+        return False
+    if not mine:
+        return True  # a rerun of a study whose best was never registered
+    complete = shared.trials("COMPLETE")
+    last = max(complete, key=lambda t: (t.datetime_complete, t.number))
+    return last.number in mine
 
-    def beat() -> None:
-        while True:
-            storage.record_heartbeat(trial._trial_id)
-            if stop.wait(HEARTBEAT_SECONDS):
-                return
 
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+# ---------------------------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------------------------
 
 
 class _Worker:
-    """The ask → cross-validate → log → tell loop; several may run in threads."""
+    """The ask → cross-validate → log → tell loop of one process."""
 
     def __init__(
         self,
-        study: Any,
-        family: model.Family,
-        folds: evaluate.Folds,
-        x_train: pd.DataFrame,
-        y_train: pd.Series,
+        plan: WorkerPlan,
+        where: Tracking,
+        shared: SharedStudy,
         client: Any,
-        experiment_id: str,
-        parent: str,
-        target: int,
-        timeout: float | None,
-        on_trial: Callable[[TrialEvent], None] | None,
+        on_trial: Callable[[TrialEvent], None] | None = None,
     ) -> None:
-        self.study, self.family, self.folds = study, family, folds
-        self.x_train, self.y_train = x_train, y_train
-        self.client, self.experiment_id, self.parent = client, experiment_id, parent
-        self.target, self.on_trial = target, on_trial
-        self.deadline = time.monotonic() + timeout if timeout else None
-        self.mine: set[int] = set()
-        self.errors: list[BaseException] = []
-        self.stopped = threading.Event()
-        self.lock = threading.Lock()
+        self.plan, self.where, self.shared, self.client = plan, where, shared, client
+        self.on_trial = on_trial
+        self.mine: list[int] = []
         self.worker_id = uuid.uuid4().hex[:8]
 
     def run(self) -> None:
-        """Loop until done; an error stops every thread of this worker and is kept for later."""
-        try:
-            while not self.stopped.is_set() and self._step():
-                pass
-        except BaseException as exc:
-            self.errors.append(exc)
-            self.stopped.set()
+        while self._step():
+            pass
 
     def _step(self) -> bool:
-        from optuna.trial import TrialState
-
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        plan = self.plan
+        if plan.deadline is not None and time.time() > plan.deadline:
             return False
-        complete = len(_trials(self.study, "COMPLETE"))
-        if complete >= self.target:
+        states = [t.state.name for t in self.shared.trials("COMPLETE", "RUNNING")]
+        complete = states.count("COMPLETE")
+        if complete >= plan.target:
             return False
-        if complete + len(_trials(self.study, "RUNNING")) >= self.target:
+        if len(states) >= plan.target:
             time.sleep(0.5)  # others are finishing the last trials; stale ones get failed
-            _fail_stale_trials(self.study)
+            self.shared.fail_stale_trials()
             return True
-        with warnings.catch_warnings():  # we record heartbeats ourselves, see _heartbeat
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = self.study.ask()
-        self.study._storage.record_heartbeat(trial._trial_id)  # at once: see _fail_stale_trials
-        active = sorted(t.number for t in _trials(self.study, "COMPLETE", "RUNNING"))
-        if trial.number not in active[: self.target]:  # another worker took the last slot
+        trial = self.shared.study.ask()
+        trial_id = self.shared.trial_id(trial.number)
+        active = sorted(t.number for t in self.shared.trials("COMPLETE", "RUNNING"))
+        if trial.number not in active[: plan.target]:  # another worker took the last slot
             trial.set_user_attr("overflow", True)
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.shared.tell_fail(trial)
             return True
         try:
-            with _heartbeat(self.study, trial):
-                params = self.family.suggest(trial)
+            with self.shared.heartbeat(trial_id):
+                params = plan.family.suggest(trial)
                 cv = evaluate.cross_validate(
-                    lambda: self.family.build(params), self.x_train, self.y_train, self.folds
+                    lambda: plan.family.build(params), plan.x_train, plan.y_train, plan.folds
                 )
-                trial.set_user_attr("cv", cv.mean)
-                trial.set_user_attr("cv_folds", cv.per_fold)
+                trial.set_user_attr("cv", {"mean": cv.mean, "folds": cv.per_fold})
                 self._log_child(trial.number, params, cv)
         except BaseException:
-            self.study.tell(trial, state=TrialState.FAIL)  # its run, if any, is an orphan now
+            self.shared.tell_fail(trial)  # its run, if any, is an orphan now
             raise
-        self.study.tell(trial, cv.mean["rmse"])
-        with self.lock:
-            self.mine.add(trial.number)
+        self.shared.study.tell(trial, cv.mean["rmse"])
+        self.mine.append(trial.number)
         if self.on_trial is not None:
             self.on_trial(
                 TrialEvent(
                     trial.number,
                     cv.mean["rmse"],
-                    self.study.best_value,
-                    len(_trials(self.study, "COMPLETE")),
-                    self.target,
+                    self.shared.study.best_value,
+                    complete + 1,
+                    plan.target,
                 )
             )
         return True
@@ -481,14 +464,14 @@ class _Worker:
         from mlflow.entities import Metric, Param
 
         run = self.client.create_run(
-            self.experiment_id,
+            self.where.experiment_id,
             run_name=f"trial-{number}",
             tags={
-                PARENT_TAG: self.parent,
-                STUDY_TAG: self.study.study_name,
+                PARENT_TAG: self.where.parent_run_id,
+                STUDY_TAG: self.shared.name,
                 TRIAL_TAG: str(number),
                 ROLE_TAG: "trial",
-                "winequality.family": self.family.name,
+                "winequality.family": self.plan.family.name,
                 "winequality.worker": self.worker_id,
             },
         )
@@ -509,117 +492,242 @@ class _Worker:
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
 
-def _should_finalize(study: Any, mine: set[int], target: int) -> bool:
-    """Exactly one worker finalizes: the one that finished the study's last trial."""
-    if _trials(study, "RUNNING"):
-        return False
-    if study.user_attrs.get("finalized_best") == study.best_trial.number:
-        return False  # already registered by an earlier run of this study
-    complete = _trials(study, "COMPLETE")
-    if not mine:
-        return True  # a rerun of a finished study that was never finalized
-    last = max(complete, key=lambda t: (t.datetime_complete, t.number))
-    return last.number in mine
+class _Helper:
+    """A worker process forked by this command: it waits for the tracking details, then runs
+    the same loop, and reports the trials it finished (or its error) through a pipe."""
+
+    def __init__(self, process: Any, connection: Any) -> None:
+        self.process, self.connection = process, connection
+
+    @classmethod
+    def start(cls, plan: WorkerPlan) -> _Helper:
+        context: Any = multiprocessing.get_context(
+            "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        )
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=_helper_main, args=(plan, child_end), daemon=True)
+        process.start()
+        child_end.close()
+        return cls(process, parent_end)
+
+    def go(self, where: Tracking) -> None:
+        self.connection.send(where)
+
+    def cancel(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.send(None)
+        self.process.join(timeout=30)
+
+    def stop(self) -> None:
+        """End the helper now, as Ctrl+C would: it fails its running trial and reports."""
+        self.process.join(timeout=0.5)  # a Ctrl+C at the terminal reached it already
+        if self.process.is_alive() and self.process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGINT)
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+    def finish(self) -> set[int]:
+        """Wait for the helper; the trials it finished, or its error raised here."""
+        try:
+            outcome = self.connection.recv()
+        except (EOFError, OSError):
+            outcome = ("error", None, "a worker process died without a word", 1)
+        finally:
+            self.process.join(timeout=60)
+        if outcome[0] in ("done", "interrupted"):
+            return set(outcome[1])
+        _, kind, text, _exit_code = outcome
+        if kind is not None:  # a deliberate error, with its message
+            raise SweepError(f"a worker process stopped: {text}")
+        raise RuntimeError(f"a worker process failed:\n{text}")
 
 
-def _finalize(
-    result: SweepResult,
-    config: SweepConfig,
+def _helper_main(plan: WorkerPlan, connection: Any) -> None:
+    where = connection.recv()
+    if where is None:
+        return
+    worker = None
+    try:
+        tracking.connect(plan.config.tracking_uri)
+        import mlflow
+
+        shared = _join_study(plan)
+        worker = _Worker(plan, where, shared, mlflow.MlflowClient())
+        worker.run()
+        connection.send(("done", worker.mine))
+    except KeyboardInterrupt:
+        connection.send(("interrupted", worker.mine if worker else []))
+    except WinequalityError as exc:
+        connection.send(("error", type(exc).__name__, str(exc), exc.exit_code))
+    except BaseException:
+        connection.send(("error", None, traceback.format_exc(), 1))
+    finally:
+        connection.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The final step: refit, test once, log, register, gate
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refit:
+    estimator: Any
+    x_train: pd.DataFrame
+    x_test: pd.DataFrame
+    y_test: np.ndarray
+    predicted: np.ndarray
+    test_metrics: dict[str, float]
+
+
+def refit_and_test(
     family: model.Family,
-    study: Any,
+    params: dict[str, Any],
+    train_frame: pd.DataFrame,
+    test_frame: pd.DataFrame,
+) -> Refit:
+    """Fit on the training rows, score once on the held-out rows."""
+    features = list(schema.FEATURE_NAMES)
+    x_train, y_train = train_frame[features], train_frame[schema.TARGET.name].to_numpy()
+    x_test, y_test = test_frame[features], test_frame[schema.TARGET.name].to_numpy()
+    estimator = family.build(params).fit(x_train, y_train)
+    predicted = estimator.predict(x_test)
+    metrics = evaluate.regression_metrics(y_test, predicted)
+    return Refit(estimator, x_train, x_test, y_test, predicted, metrics)
+
+
+def finalize(
+    plan: WorkerPlan,
+    shared: SharedStudy,
     wine: wine_data.WineData,
     train_frame: pd.DataFrame,
     test_frame: pd.DataFrame,
-    experiment_id: str,
-) -> None:
-    """Refit the best trial, evaluate it once on held-out rows, log, register, gate."""
+    where: Tracking,
+) -> FinalModel:
+    """Refit the best trial, test it once, log it with its evaluation, register and gate."""
+    config, family = plan.config, plan.family
+    best = shared.study.best_trial
+    refit = refit_and_test(family, dict(best.params), train_frame, test_frame)
+    run_id, model_uri = log_final_run(plan, shared, wine, train_frame, test_frame, where, refit)
+    decision = None
+    if config.register:
+        decision = register_and_gate(config, family, shared.name, model_uri, best, refit)
+    return FinalModel(run_id, model_uri, refit.test_metrics, decision)
+
+
+def log_final_run(
+    plan: WorkerPlan,
+    shared: SharedStudy,
+    wine: wine_data.WineData,
+    train_frame: pd.DataFrame,
+    test_frame: pd.DataFrame,
+    where: Tracking,
+    refit: Refit,
+) -> tuple[str, str]:
+    """The final run: params, test and CV metrics, datasets, plots, report and the model."""
     import tempfile
 
     import mlflow
 
-    from winequality.train import log_datasets, log_wine_model, provenance_tags
-
-    features = list(schema.FEATURE_NAMES)
-    x_train, y_train = train_frame[features], train_frame[schema.TARGET.name].to_numpy()
-    x_test, y_test = test_frame[features], test_frame[schema.TARGET.name].to_numpy()
-    estimator = family.build(result.best_params).fit(x_train, y_train)
-    predicted = estimator.predict(x_test)
-    test_metrics = evaluate.regression_metrics(y_test, predicted)
+    config, family = plan.config, plan.family
+    best = shared.study.best_trial
+    cv = best.user_attrs["cv"]
     with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=f"best of {result.study} (trial {result.best_trial})",
+        experiment_id=where.experiment_id,
+        run_name=f"best of {shared.name} (trial {best.number})",
         tags={
-            PARENT_TAG: result.parent_run_id,
-            STUDY_TAG: result.study,
+            PARENT_TAG: where.parent_run_id,
+            STUDY_TAG: shared.name,
             ROLE_TAG: "final",
-            **provenance_tags(),
+            **logged_model.provenance_tags(),
         },
     ) as run:
         mlflow.log_params(
             {
                 "family": family.name,
-                **result.best_params,
-                "best_trial": result.best_trial,
+                **best.params,
+                "best_trial": best.number,
                 "protocol": config.protocol,
+                "holdout": "grouped",
+                "holdout_seed": config.seed,
             }
         )
         mlflow.log_metrics(
             {
-                **{f"test_{k}": v for k, v in test_metrics.items()},
-                **{f"cv_{k}": v for k, v in result.best_cv.items()},
+                **{f"test_{k}": v for k, v in refit.test_metrics.items()},
+                **{f"cv_{k}": v for k, v in cv["mean"].items()},
             }
         )
-        log_datasets(wine, train_frame, test_frame)
+        logged_model.log_datasets(wine, train_frame, test_frame)
         with tempfile.TemporaryDirectory() as folder:
-            out = Path(folder)
-            importance, label = evaluate.feature_importance(estimator, x_test, y_test)
-            plots = [
-                evaluate.plot_predictions(y_test, predicted, out / "predicted_vs_actual.png"),
-                evaluate.plot_importance(importance, label, out / "importance.png"),
-            ]
-            done = [(t.params, float(t.value)) for t in _trials(study, "COMPLETE")]
-            if done:
-                plots.append(
-                    evaluate.plot_search(
-                        [p for p, _ in done], [v for _, v in done], *family.axes, out / "search.png"
-                    )
-                )
-            report = evaluate.write_report(
-                out / "report.md",
-                title=f"{family.name}: best of study {result.study}",
-                protocol=f"{config.protocol}: {evaluate.PROTOCOLS[config.protocol]}, "
-                f"{config.folds} folds x {config.repeats} on the training split; "
-                f"test = held-out {config.test_size:.0%}",
-                cv=evaluate.CVResult(study.best_trial.user_attrs["cv_folds"]),
-                test=test_metrics,
-                params=result.best_params,
-                plots=plots,
-            )
-            for path in [*plots, report]:
+            for path in evaluation_artifacts(Path(folder), plan, shared, refit):
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
-        info = log_wine_model(estimator, schema.input_example(x_train))
-        result.final_run_id = run.info.run_id
-    result.test_metrics = test_metrics
-    result.model_uri = info.model_uri
-    result.finalized = True
-    if config.register:
-        version = registry.register(
-            info.model_uri,
-            config.model_name,
-            tags={
-                STUDY_TAG: result.study,
-                "winequality.family": family.name,
-                "winequality.protocol": config.protocol,
-                **{f"test_{k}": f"{v:.6f}" for k, v in test_metrics.items()},
-                **{f"cv_{k}": f"{v:.6f}" for k, v in result.best_cv.items()},
-            },
+        info = logged_model.log_model(refit.estimator, schema.input_example(refit.x_train))
+    return run.info.run_id, info.model_uri
+
+
+def evaluation_artifacts(
+    folder: Path, plan: WorkerPlan, shared: SharedStudy, refit: Refit
+) -> list[Path]:
+    """Plots (predicted vs actual, importance, the search) and a Markdown report."""
+    config, family = plan.config, plan.family
+    best = shared.study.best_trial
+    importance, label = evaluate.feature_importance(refit.estimator, refit.x_test, refit.y_test)
+    plots = [
+        evaluate.plot_predictions(
+            refit.y_test, refit.predicted, folder / "predicted_vs_actual.png"
+        ),
+        evaluate.plot_importance(importance, label, folder / "importance.png"),
+    ]
+    done = [(t.params, float(t.value)) for t in shared.trials("COMPLETE") if t.value is not None]
+    plots.append(
+        evaluate.plot_search(
+            [p for p, _ in done], [v for _, v in done], *family.axes, folder / "search.png"
         )
-        result.decision = registry.gate(
-            config.model_name,
-            version,
-            test_metrics["rmse"],
-            x_test.to_numpy(),
-            y_test,
-            force=config.force,
-            tracking_uri=config.tracking_uri,
-        )
+    )
+    report = evaluate.write_report(
+        folder / "report.md",
+        title=f"{family.name}: best of study {shared.name}",
+        protocol=f"{config.protocol}: {evaluate.PROTOCOLS[config.protocol]}, "
+        f"{config.folds} folds x {config.repeats} on the training split; test = held-out "
+        f"{config.test_size:.0%}, no wine on both sides (seed {config.seed})",
+        cv=evaluate.CVResult(best.user_attrs["cv"]["folds"]),
+        test=refit.test_metrics,
+        params=dict(best.params),
+        plots=plots,
+    )
+    return [*plots, report]
+
+
+def register_and_gate(
+    config: SweepConfig,
+    family: model.Family,
+    study: str,
+    model_uri: str,
+    best: Any,
+    refit: Refit,
+) -> registry.Decision:
+    """Register the final model and let the gate decide its alias on the same held-out rows."""
+    cv = best.user_attrs["cv"]["mean"]
+    version = registry.register(
+        model_uri,
+        config.model_name,
+        tags={
+            STUDY_TAG: study,
+            "winequality.family": family.name,
+            "winequality.protocol": config.protocol,
+            **{f"test_{k}": f"{v:.6f}" for k, v in refit.test_metrics.items()},
+            **{f"cv_{k}": f"{v:.6f}" for k, v in cv.items()},
+        },
+    )
+    return registry.gate(
+        config.model_name,
+        version,
+        refit.test_metrics["rmse"],
+        refit.x_test.to_numpy(),
+        refit.y_test,
+        force=config.force,
+        tracking_uri=config.tracking_uri,
+    )

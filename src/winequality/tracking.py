@@ -7,15 +7,15 @@ timeout turns that into an immediate, actionable error.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any
 
-from winequality.errors import first_line
+from winequality.errors import TrackingError, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message is one line saying why."""
+TRAIN_EXPERIMENT = "experiment_signature"  # the tutorial's
+SWEEP_EXPERIMENT = "winequality-sweep"
 
 
 def resolve_uri(explicit: str | None = None) -> str:
@@ -23,8 +23,33 @@ def resolve_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def preflight(uri: str, timeout: float = 5.0) -> None:
-    """Check that the store answers, quickly; raise TrackingError otherwise."""
+def describe(uri: str) -> str:
+    """The URI as a message shows it: password hidden, a relative SQLite file made absolute."""
+    local = _local_path(uri)
+    if local is not None and not Path(local).is_absolute():
+        return f"{uri} ({Path(local).resolve()})"
+    return redact(uri)
+
+
+def _local_path(uri: str) -> str | None:
+    """The file or folder a local store lives in (SQLite file, file: URI or bare path)."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme == "sqlite":
+        path = uri.split(":///", 1)[1] if ":///" in uri else ""
+        return path if path and path != ":memory:" else None
+    if scheme == "file":
+        return uri.removeprefix("file://") or None
+    if scheme == "" or len(scheme) == 1:  # a bare folder path (or a Windows drive letter)
+        return uri
+    return None
+
+
+def preflight(uri: str, timeout: float = 5.0, *, create: bool = True) -> None:
+    """Check that the store answers, quickly; raise TrackingError otherwise.
+
+    With `create=False` (commands that only read), a local store that does not exist yet is
+    an error rather than something to create.
+    """
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     if scheme in ("http", "https"):
         import requests
@@ -42,9 +67,11 @@ def preflight(uri: str, timeout: float = 5.0) -> None:
                 f"HTTP {answer.status_code}"
             )
     elif scheme == "sqlite":
-        path = uri.split(":///", 1)[1] if ":///" in uri else ""
-        if path and path != ":memory:" and not Path(path).expanduser().parent.is_dir():
+        path = _local_path(uri)
+        if path and not Path(path).expanduser().parent.is_dir():
             raise TrackingError(f"the folder for the SQLite tracking store {uri} does not exist")
+        if path and not create and not Path(path).expanduser().is_file():
+            raise TrackingError(_no_store(uri))
     elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
         import sqlalchemy
 
@@ -59,10 +86,14 @@ def preflight(uri: str, timeout: float = 5.0) -> None:
         except Exception as exc:
             first = first_line(exc)
             raise TrackingError(
-                f"cannot connect to the tracking database {_redact(uri)}: {first}"
+                f"cannot connect to the tracking database {redact(uri)}: {first}"
             ) from exc
-    elif scheme in ("file", "") or scheme == "databricks" or len(scheme) == 1:
-        return  # a local folder (a Windows drive letter parses as a 1-letter scheme) or hosted
+    elif scheme in ("file", "") or len(scheme) == 1:
+        path = _local_path(uri)
+        if path and not create and not Path(path).expanduser().is_dir():
+            raise TrackingError(_no_store(uri))
+    elif scheme == "databricks":
+        return  # hosted: MLflow's own client reports problems
     else:
         raise TrackingError(
             f"unsupported tracking URI {uri!r}: use sqlite:///FILE, "
@@ -70,22 +101,65 @@ def preflight(uri: str, timeout: float = 5.0) -> None:
         )
 
 
-def connect(explicit: str | None = None) -> str:
-    """Resolve, preflight and activate the tracking URI; return it."""
+def _no_store(uri: str) -> str:
+    return (
+        f"no MLflow tracking store at {describe(uri)}; run `winequality train` or "
+        f"`winequality sweep` there first, or point at your store with --tracking-uri "
+        f"(or MLFLOW_TRACKING_URI)"
+    )
+
+
+def connect(explicit: str | None = None, *, create: bool = True) -> str:
+    """Resolve, preflight and activate the tracking URI; return it.
+
+    Commands that only read (predict, serve, models) pass `create=False`, so that running one
+    in the wrong folder says so instead of leaving an empty mlflow.db behind.
+    """
     import mlflow
 
     uri = resolve_uri(explicit)
-    preflight(uri)
+    preflight(uri, create=create)
     try:
         mlflow.set_tracking_uri(uri)
         mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as exc:
         first = first_line(exc)
-        raise TrackingError(f"the tracking store {_redact(uri)} is not usable: {first}") from exc
+        raise TrackingError(f"the tracking store {redact(uri)} is not usable: {first}") from exc
     return uri
 
 
-def _redact(uri: str) -> str:
+def use_experiment(name: str) -> Any:
+    """Make `name` the active experiment (created if absent) and return it.
+
+    Inside `mlflow run`, MLflow has already started a run (MLFLOW_RUN_ID) in the experiment the
+    user chose there; that experiment wins, so the run is adopted rather than refused. Two
+    workers creating the same experiment at once both end up using it.
+    """
+    import mlflow
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+    from mlflow.exceptions import MlflowException
+
+    project_run = MLFLOW_RUN_ID.get()
+    if project_run:
+        experiment_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
+        return mlflow.set_experiment(experiment_id=experiment_id)
+    for _ in range(5):
+        try:
+            return mlflow.set_experiment(name)
+        except MlflowException as exc:
+            if not is_creation_race(exc):
+                raise
+            time.sleep(0.5)
+    return mlflow.set_experiment(name)
+
+
+def is_creation_race(exc: Exception) -> bool:
+    """Two processes created the same table or row at once; the loser may simply retry."""
+    text = str(exc).lower()
+    return "duplicate key" in text or "already exists" in text or "unique constraint" in text
+
+
+def redact(uri: str) -> str:
     """Hide a password in a database URI before it reaches a message or a log."""
     if "@" in uri and "://" in uri:
         head, rest = uri.split("://", 1)

@@ -1,0 +1,288 @@
+"""A wine model's life in MLflow: how it is logged, checked, and loaded back safely.
+
+Every model `train` and `sweep` log goes through `log_model`: the schema's signature and a real
+input example, MLflow's skops format with pinned requirements, then a proof that it loads and
+serves its own example (else it is deleted, so no half-logged model remains).
+
+`load` resolves any model URI into an in-memory `LoadedModel`, checking that it is a skops
+scikit-learn model whose signature is the wine schema, and deserialising it with *our*
+allow-list of types, never the list stored inside the model file (which whoever wrote the file
+controls). Downloads go to a temporary folder that is removed before `load` returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from winequality import schema
+from winequality.errors import ModelCheckError, ModelLoadError, first_line
+
+if TYPE_CHECKING:
+    from winequality.data import WineData
+
+MODEL_NAME = "model"  # the tutorial's artifact name: runs:/<run_id>/model
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+# Types our families hold that skops does not trust by default. Loading checks a model against
+# this list, never against the list stored inside the model file.
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.tree._tree.Tree",  # random forest, extra trees
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    }
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A wine model read into memory: the estimator and what its MLmodel file says."""
+
+    uri: str
+    estimator: Any
+    run_id: str | None
+    model_id: str | None
+    signature: dict[str, Any]
+    input_example: pd.DataFrame | None
+
+
+def skops_trusted_types(estimator: Any) -> list[str]:
+    """The types skops would refuse in this estimator, all of which we must trust.
+
+    Raises ModelCheckError if it holds a type outside our allow-list.
+    """
+    import skops.io
+
+    found = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(estimator)))
+    unknown = [t for t in found if t not in TRUSTED_TYPES]
+    if unknown:
+        raise ModelCheckError(f"the estimator holds types winequality does not trust: {unknown}")
+    return found
+
+
+def pip_requirements() -> list[str]:
+    """Pinned by hand: MLflow's requirement inference starts a subprocess and takes seconds."""
+    return [
+        f"{name}=={version(name)}"
+        for name in ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+    ]
+
+
+def provenance_tags() -> dict[str, str]:
+    """The package version, and the git commit when running from a checkout."""
+    tags = {"winequality.version": version("winequality")}
+    commit = _git_commit(Path(__file__).resolve().parent)
+    if commit:
+        tags["winequality.git_commit"] = commit
+    return tags
+
+
+def _git_commit(folder: Path) -> str | None:
+    if not any((parent / ".git").exists() for parent in (folder, *folder.parents)):
+        return None  # an installed package: no need to start git
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def log_datasets(wine: WineData, train_frame: pd.DataFrame, test_frame: pd.DataFrame) -> None:
+    """Train and test frames as MLflow datasets of the active run (contexts training/testing)."""
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    stem = Path(wine.name).stem
+    for frame, context in ((train_frame, "training"), (test_frame, "testing")):
+        with warnings.catch_warnings():
+            # MLflow hints that an int column cannot hold NaN (quality is an int on purpose)
+            # and that a local path matches its local-source class twice; neither is actionable.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(
+                frame, source=wine.source, targets=schema.TARGET.name, name=f"{stem}-{context}"
+            )
+            mlflow.log_input(dataset, context=context)
+
+
+def log_model(estimator: Any, example: pd.DataFrame, name: str = MODEL_NAME) -> Any:
+    """Log a fitted pipeline under the active run, the way every winequality model is logged.
+
+    Signature and input example come from the schema, the format is skops, requirements are
+    pinned, and the logged model is reloaded and checked; on any failure it is deleted, so no
+    half-logged model remains. Returns MLflow's ModelInfo.
+    """
+    import mlflow
+    import mlflow.sklearn
+
+    trusted = skops_trusted_types(estimator)
+    logged_model_id: str | None = None
+    try:
+        # MLflow validates the serving example while logging but only warns on failure;
+        # verify below is the gate that fails the run.
+        model_info = mlflow.sklearn.log_model(
+            estimator,
+            name=name,
+            signature=schema.model_signature(),
+            input_example=example,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            pip_requirements=pip_requirements(),
+            skops_trusted_types=trusted or None,
+        )
+        logged_model_id = model_info.model_id
+        verify(model_info.model_uri, example, estimator.predict(example))
+    except BaseException:
+        if logged_model_id is not None:
+            with contextlib.suppress(Exception):
+                mlflow.MlflowClient().delete_logged_model(logged_model_id)
+        raise
+    return model_info
+
+
+def verify(model_uri: str, example: pd.DataFrame, expected: np.ndarray) -> None:
+    """Load the logged model back as MLflow would serve it, and score its stored example.
+
+    Two checks: the loaded model predicts the example frame exactly as the in-memory estimator
+    does, and the stored serving example (serving_input_example.json), parsed by MLflow's
+    scoring-server parser against the signature, scores the same. The model is loaded through
+    `mlflow.pyfunc`, as users load it, unless the user forbade MLflow to deserialise models
+    (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false); then through our own safe loader.
+    """
+    import mlflow
+    from mlflow.models import Model
+    from mlflow.pyfunc.scoring_server import _parse_json_data
+
+    with tempfile.TemporaryDirectory(prefix="winequality-verify-") as folder:
+        try:
+            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
+            meta = Model.load(local)
+            if os.environ.get(PICKLE_SWITCH, "").strip().lower() == "false":
+                predict = load_local(Path(local), model_uri).estimator.predict
+            else:
+                # suppress_warnings: no requirements check; they were pinned from this very
+                # environment a moment ago (the check scans every installed package).
+                predict = mlflow.pyfunc.load_model(local, suppress_warnings=True).predict
+            direct = np.asarray(predict(example), dtype=float).ravel()
+            serving_input = meta.get_serving_input(local)
+            if serving_input is None:
+                raise ModelCheckError(f"{model_uri} holds no serving input example")
+            parsed = _parse_json_data(serving_input, meta, meta.get_input_schema())
+            served = np.asarray(predict(parsed.data), dtype=float).ravel()
+        except ModelCheckError:
+            raise
+        except Exception as exc:
+            raise ModelCheckError(
+                f"the logged model {model_uri} failed to load or to score its input example: {exc}"
+            ) from exc
+    for what, got in (("the loaded model", direct), ("its serving input", served)):
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-12):
+            raise ModelCheckError(
+                f"the logged model {model_uri} scores its input example "
+                f"differently through {what}: {got} != {expected}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load(model_uri: str, store: str | None = None) -> LoadedModel:
+    """Resolve `runs:/…`, `models:/name@alias`, `models:/name/N`, `models:/m-…` or a folder.
+
+    Registry and run URIs use the active tracking URI (see `tracking.connect`); `store` is that
+    URI, named when the model is not found there.
+    """
+    local = Path(model_uri).expanduser()
+    if local.is_dir():
+        return load_local(local, model_uri)
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="winequality-model-") as folder:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)
+        except Exception as exc:
+            where = ""
+            if store is not None:
+                from winequality.tracking import describe
+
+                where = (
+                    f" (searched {describe(store)}; point at another store with "
+                    f"--tracking-uri or MLFLOW_TRACKING_URI)"
+                )
+            raise ModelLoadError(
+                f"cannot load model {model_uri}: {first_line(exc)}{where}"
+            ) from exc
+        return load_local(Path(path), model_uri)
+
+
+def load_local(local: Path, model_uri: str) -> LoadedModel:
+    """Read a model folder into memory, with every check `load` promises."""
+    from mlflow.models import Model
+
+    try:
+        meta = Model.load(str(local))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {model_uri}: {first_line(exc)}") from exc
+    flavor = meta.flavors.get("sklearn")
+    if flavor is None:
+        raise ModelLoadError(
+            f"{model_uri} is not a scikit-learn model (flavors: {', '.join(meta.flavors)})"
+        )
+    if flavor.get("serialization_format") != "skops":
+        raise ModelLoadError(
+            f"{model_uri} is stored as {flavor.get('serialization_format')!r}; "
+            "winequality only loads the safe 'skops' format "
+            "(retrain it with `winequality train`)"
+        )
+    _check_signature(model_uri, meta.signature)
+    estimator = _load_skops(local / flavor["pickled_model"], model_uri)
+    example = meta.load_input_example(str(local))
+    return LoadedModel(
+        uri=model_uri,
+        estimator=estimator,
+        run_id=meta.run_id,
+        model_id=getattr(meta, "model_id", None),
+        signature=meta.signature.to_dict() if meta.signature else {},
+        input_example=pd.DataFrame(example) if example is not None else None,
+    )
+
+
+def _check_signature(model_uri: str, signature: Any) -> None:
+    if signature is None:
+        raise ModelLoadError(
+            f"{model_uri} has no signature; winequality serves only models "
+            "whose inputs are the wine feature schema"
+        )
+    names = signature.inputs.input_names()
+    types = {spec["type"] for spec in signature.inputs.to_dict()}
+    if list(names) != list(schema.FEATURE_NAMES) or types != {"double"}:
+        raise ModelLoadError(
+            f"{model_uri} has a signature that is not the wine feature schema (inputs {names})"
+        )
+
+
+def _load_skops(path: Path, model_uri: str) -> Any:
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(file=path)
+    unknown = sorted(set(untrusted) - TRUSTED_TYPES)  # our list, not the one in the file
+    if unknown:
+        raise ModelLoadError(
+            f"{model_uri} contains types winequality does not trust: {', '.join(unknown)}"
+        )
+    return skops.io.load(path, trusted=untrusted)
