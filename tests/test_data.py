@@ -115,7 +115,8 @@ def test_other_columns_are_ignored_with_a_warning(tmp_path) -> None:
         "id,date," + HEADER + ",colour\n" + "\n".join(f"{i},2024-01-0{i},{ROW},red" for i in (1, 2))
     )
     loaded = load(write(tmp_path, text))
-    assert list(loaded.frame.columns) == [*FEATURE_NAMES, "quality"] and len(loaded.frame) == 2
+    assert list(loaded.frame.columns) == [*FEATURE_NAMES, "quality"]
+    assert len(loaded.frame) == 2
     assert [w.describe() for w in loaded.warnings] == [
         "id: unknown column, ignored",
         "date: unknown column, ignored",
@@ -141,10 +142,13 @@ def test_the_shipped_copies_are_uci_files_verified_on_read(workdir) -> None:
     assert (len(red.frame), len(white.frame)) == (1599, 4898)
     assert red.sha256 == data.UCI_MEMBER_SHA256["winequality-red.csv"]
     assert white.sha256 == data.UCI_MEMBER_SHA256["winequality-white.csv"]
-    assert red.name == "winequality-red.csv" and "shipped with winequality" in red.description
+    assert red.name == "winequality-red.csv"
+    assert "shipped with winequality" in red.description
     assert (red.duplicate_rows, white.duplicate_rows) == (240, 937)
     readme = (data.embedded_path("red").parent / "README.md").read_text()
-    assert "CC BY 4.0" in readme and "Decision Support Systems" in readme and "47(4)" in readme
+    assert "CC BY 4.0" in readme
+    assert "Decision Support Systems" in readme
+    assert "47(4)" in readme
 
 
 def test_a_damaged_shipped_copy_is_refused(workdir, monkeypatch, tmp_path) -> None:
@@ -195,6 +199,7 @@ def archive_server(red_csv: Path, white_csv: Path) -> Iterator[tuple[str, type[A
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/wine+quality.zip", handler
     server.shutdown()
+    server.server_close()
 
 
 def test_the_archive_is_downloaded_once_verified_and_cached(
@@ -203,11 +208,15 @@ def test_the_archive_is_downloaded_once_verified_and_cached(
     url, handler = archive_server
     monkeypatch.setenv(data.ENV_DATA_URL, url)
     first = load("uci")  # --data uci: fetch UCI's archive
-    assert first.path.name == "winequality-red.csv" and len(first.frame) == 1599
+    assert first.path.name == "winequality-red.csv"
+    assert len(first.frame) == 1599
     assert first.path.is_relative_to(workdir / "cache")
-    assert load("uci").path == first.path and handler.hits == 1  # second call: from the cache
-    assert len(load("uci", wine="white").frame) == 4898 and handler.hits == 1
-    assert load().sha256 == first.sha256 and handler.hits == 1  # no --data: never the network
+    assert load("uci").path == first.path
+    assert handler.hits == 1
+    assert len(load("uci", wine="white").frame) == 4898
+    assert handler.hits == 1
+    assert load().sha256 == first.sha256
+    assert handler.hits == 1
 
 
 def test_a_tampered_archive_fails_verification_and_is_not_kept(
@@ -244,12 +253,16 @@ def test_an_http_error_is_named_by_its_status(workdir, monkeypatch, archive_serv
 
 
 def test_a_csv_url_is_fetched_once(workdir, red_csv, tmp_path) -> None:
-    handler = type("Handler", (Archive,), {"payload": red_csv.read_bytes(), "hits": 0})
+    handler: type[Archive] = type(
+        "Handler", (Archive,), {"payload": red_csv.read_bytes(), "hits": 0}
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/red.csv"
-        assert len(load(url).frame) == 1599 and load(url).source == url
+        assert len(load(url).frame) == 1599
+        assert load(url).source == url
         assert handler.hits == 1
     finally:
         server.shutdown()
+        server.server_close()

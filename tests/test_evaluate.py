@@ -43,6 +43,7 @@ def test_folds_are_reproducible_and_cover_every_row(red_csv) -> None:
     assert (len(train), len(test)) == (1199, 400)
 
 
+@pytest.mark.slow
 def test_grouping_makes_flexible_models_look_less_flattering(red_csv) -> None:
     frame = load(red_csv).frame
     features, target = frame.drop(columns="quality"), frame["quality"]
@@ -63,7 +64,8 @@ def test_plots_and_report_are_written(tmp_path, red_csv) -> None:
     estimator = FAMILIES["elasticnet"].build({"alpha": 0.05, "l1_ratio": 0.5}).fit(features, target)
     predicted = estimator.predict(features)
     importance, label = evaluate.feature_importance(estimator, features, target)
-    assert set(importance) == set(features.columns) and "coefficient" in label
+    assert set(importance) == set(features.columns)
+    assert "coefficient" in label
     plots = [
         evaluate.plot_predictions(target, predicted, tmp_path / "a.png"),
         evaluate.plot_importance(importance, label, tmp_path / "b.png"),
@@ -85,4 +87,5 @@ def test_plots_and_report_are_written(tmp_path, red_csv) -> None:
         params={"alpha": 0.05},
         plots=plots,
     ).read_text()
-    assert "| rmse |" in report and "![a](a.png)" in report
+    assert "| rmse |" in report
+    assert "![a](a.png)" in report

@@ -145,7 +145,8 @@ def test_out_of_range_can_be_scored_on_request(trained_model, sample, tmp_path) 
         allow_out_of_range=True,
         tracking_uri=trained_model.tracking_uri,
     )
-    assert result.warnings[0].kind == "out_of_range" and math.isfinite(result.predictions[0])
+    assert result.warnings[0].kind == "out_of_range"
+    assert math.isfinite(result.predictions[0])
 
 
 def test_cli_predict_writes_csv_to_stdout_or_exits_2(
@@ -170,12 +171,15 @@ def test_cli_predict_writes_csv_to_stdout_or_exits_2(
     )
     assert answer.exit_code == 0, answer.output
     lines = answer.stdout.strip().splitlines()
-    assert lines[0] == "id,prediction" and len(lines) == 41 and lines[1].startswith("100,")
+    assert lines[0] == "id,prediction"
+    assert len(lines) == 41
+    assert lines[1].startswith("100,")
     assert "warning: colour: unknown column, ignored" in answer.stderr
     answer = runner.invoke(
         app, ["predict", "--model", "models:/no-such-model@champion", "--input", str(source)]
     )
-    assert answer.exit_code == 2 and "cannot load model" in answer.output
+    assert answer.exit_code == 2
+    assert "cannot load model" in answer.output
 
 
 # --- the validator against MLflow's own scoring path -----------------------------------------
@@ -221,6 +225,7 @@ def mlflow_answer(model, payload) -> np.ndarray | None:
     return np.asarray(json.loads(answer.response)["predictions"]) if answer.status == 200 else None
 
 
+@pytest.mark.slow
 @given(payload=payloads())
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_we_accept_what_mlflow_accepts_within_the_ranges_and_score_it_identically(
@@ -235,8 +240,9 @@ def test_we_accept_what_mlflow_accepts_within_the_ranges_and_score_it_identicall
     elif theirs is not None:  # MLflow scored it: the only reasons we may refuse are physical
         kinds = {issue.kind for issue in ours.errors}
         assert kinds <= {"out_of_range", "rule"}, (kinds, payload)
-    else:
-        assert ours.errors and all(issue.reason for issue in ours.errors)
+    else:  # both refuse: MLflow refuses only malformed cells, so we must have found one too
+        kinds = {issue.kind for issue in ours.errors}
+        assert kinds - {"out_of_range", "rule"}, (kinds, payload)
 
 
 @pytest.mark.parametrize(

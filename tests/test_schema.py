@@ -32,13 +32,15 @@ SEED_SPELLING = [
 
 def test_feature_names_are_the_seeds_in_order() -> None:
     assert list(FEATURE_NAMES) == SEED_SPELLING
-    assert TARGET.name == "quality" and TARGET.name not in FEATURE_NAMES
+    assert TARGET.name == "quality"
+    assert TARGET.name not in FEATURE_NAMES
 
 
 def test_every_feature_is_documented_with_a_sane_range() -> None:
     for feature in FEATURES:
         assert feature.dtype == "double"
-        assert feature.unit and feature.description.endswith(".")
+        assert feature.unit
+        assert feature.description.endswith(".")
         assert feature.minimum < feature.typical < feature.maximum
     by_name = schema.FEATURES_BY_NAME
     assert (by_name["pH"].minimum, by_name["pH"].maximum) == (0, 14)
@@ -65,7 +67,8 @@ def test_input_example_is_real_rows_and_passes_mlflows_schema_check(wines) -> No
     from mlflow.models import validate_schema
 
     example = schema.input_example(wines[list(FEATURE_NAMES)])
-    assert example.shape == (5, 11) and (example.dtypes == "float64").all()
+    assert example.shape == (5, 11)
+    assert (example.dtypes == "float64").all()
     np.testing.assert_array_equal(example.to_numpy(), wines[list(FEATURE_NAMES)].head(5))
     validate_schema(example, schema.model_signature().inputs)  # raises if it does not fit
     with pytest.raises(ValueError, match="missing"):
@@ -142,7 +145,8 @@ def test_out_of_range_becomes_a_warning_when_allowed(wines) -> None:
     wines.loc[3, "alcohol"] = 150.0
     assert not validate_columns(wines).ok
     allowed = validate_columns(wines, allow_out_of_range=True)
-    assert allowed.ok and allowed.warnings[0].rows == (3,)
+    assert allowed.ok
+    assert allowed.warnings[0].rows == (3,)
 
 
 def test_free_sulfur_dioxide_cannot_exceed_total(wines) -> None:
@@ -160,11 +164,13 @@ def test_columns_missing_unknown_misspelled_and_duplicated(wines) -> None:
     text = " | ".join(f"{e.column}: {e.reason}" for e in errors)
     assert "citric acid: required column is missing (found 'citric acd'" in text
     assert "citric acd: unknown column (did you mean 'citric acid'?)" in text
-    assert "colour: unknown column" in text and not warnings
+    assert "colour: unknown column" in text
+    assert not warnings
     errors, warnings = schema.check_columns(
         [*list(FEATURE_NAMES), "id"], require_target=False, unknown="warn"
     )
-    assert not errors and warnings[0].column == "id"
+    assert not errors
+    assert warnings[0].column == "id"
     errors, _ = schema.check_columns(
         [*list(FEATURE_NAMES), "pH"], require_target=False, unknown="warn"
     )
@@ -176,7 +182,8 @@ def test_target_must_be_an_integer_score(wines) -> None:
     wines.loc[2, TARGET.name] = 5.5
     wines.loc[4, TARGET.name] = 11
     issue = validate_columns(wines, require_target=True).errors[0]
-    assert issue.kind == "not_integer" and issue.rows == (2, 4)
+    assert issue.kind == "not_integer"
+    assert issue.rows == (2, 4)
 
 
 def test_an_empty_frame_is_an_error() -> None:

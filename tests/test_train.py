@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from winequality import logged_model
 from winequality import train as train_module
 from winequality.cli import app
+from winequality.errors import ModelCheckError
 from winequality.schema import FEATURE_NAMES
 from winequality.train import TrainConfig, train
 
@@ -60,8 +61,10 @@ def test_the_run_holds_everything_the_tutorial_logged_and_more(trained) -> None:
     }
     assert tags["winequality.version"] == "0.1.0"
     params = run.data.params  # the tutorial's autolog names: plain, as MLflow's tutorials query
-    assert params["alpha"] == "0.7" and params["l1_ratio"] == "0.7"
-    assert params["random_state"] == "42" and params["scale"] == "False"
+    assert params["alpha"] == "0.7"
+    assert params["l1_ratio"] == "0.7"
+    assert params["random_state"] == "42"
+    assert params["scale"] == "False"
     assert not [p for p in params if "__" in p]
     assert tags["estimator_name"] == "ElasticNet"
     metrics = run.data.metrics
@@ -84,7 +87,8 @@ def test_the_logged_model_has_the_right_signature_and_serves(trained) -> None:
     assert info.flavors["sklearn"]["serialization_format"] == "skops"
     local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
     requirements = (local / "requirements.txt").read_text()
-    assert "scikit-learn==" in requirements and "skops==" in requirements
+    assert "scikit-learn==" in requirements
+    assert "skops==" in requirements
 
     # as a user loads it: MLFLOW_ALLOW_PICKLE_DESERIALIZATION unset (skops needs no pickle)
     model = mlflow.pyfunc.load_model(result.run_model_uri)  # the tutorial's runs:/ form
@@ -104,7 +108,8 @@ def test_the_tutorials_copies_are_written(trained) -> None:
     result, folder = trained
     assert [p.name for p in result.written] == ["winequality-red.csv", "train.csv", "test.csv"]
     train_csv = pd.read_csv(folder / "data/train.csv", index_col=0)
-    assert len(train_csv) == 1199 and "quality" in train_csv
+    assert len(train_csv) == 1199
+    assert "quality" in train_csv
 
 
 def test_same_inputs_give_the_same_run(trained, red_csv, workdir) -> None:
@@ -114,7 +119,8 @@ def test_same_inputs_give_the_same_run(trained, red_csv, workdir) -> None:
     )
     for key, value in first.metrics.items():
         assert second.metrics[key] == pytest.approx(value, abs=1e-12, rel=0)
-    assert second.coefficients == first.coefficients and second.intercept == first.intercept
+    assert second.coefficients == first.coefficients
+    assert second.intercept == first.intercept
     assert second.run_id != first.run_id
 
 
@@ -124,7 +130,8 @@ def test_bad_data_leaves_no_run_and_no_files(workdir, tmp_path) -> None:
     answer = runner.invoke(app, ["train", "--data", str(bad)])
     assert answer.exit_code == 2
     assert "does not fit the wine feature schema (12 problems)" in answer.output
-    assert not (workdir / "data").exists() and not (workdir / "mlflow.db").exists()
+    assert not (workdir / "data").exists()
+    assert not (workdir / "mlflow.db").exists()
 
 
 def test_an_unusable_tracking_store_is_one_line_and_exit_2(workdir, red_csv) -> None:
@@ -135,7 +142,8 @@ def test_an_unusable_tracking_store_is_one_line_and_exit_2(workdir, red_csv) -> 
     ):
         answer = runner.invoke(app, ["train", "--data", str(red_csv), "--tracking-uri", uri])
         assert answer.exit_code == 2, answer.output
-        assert expected in answer.output and "Traceback" not in answer.output
+        assert expected in answer.output
+        assert "Traceback" not in answer.output
     assert not (workdir / "data").exists()
 
 
@@ -143,10 +151,10 @@ def test_a_failure_after_logging_fails_the_run_and_removes_the_model(
     workdir, red_csv, tracking_uri, monkeypatch
 ) -> None:
     def broken(*args, **kwargs):
-        raise logged_model.ModelCheckError("simulated")
+        raise ModelCheckError("simulated")
 
     monkeypatch.setattr(logged_model, "verify", broken)
-    with pytest.raises(logged_model.ModelCheckError):
+    with pytest.raises(ModelCheckError):
         train(TrainConfig(data=str(red_csv), tracking_uri=tracking_uri, output_dir=None))
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("experiment_signature")
@@ -231,7 +239,8 @@ def test_params_metrics_and_tags_are_those_the_tutorials_autolog_recorded(traine
             mlflow.sklearn.autolog(disable=True, silent=True)
     theirs = mlflow.MlflowClient().get_run(reference.info.run_id).data
     ours = mlflow.MlflowClient(result.tracking_uri).get_run(result.run_id).data
-    assert theirs.params and theirs.params.items() <= ours.params.items()
+    assert theirs.params
+    assert theirs.params.items() <= ours.params.items()
     assert {k for k in theirs.metrics if k.startswith("training_")} == {
         k for k in ours.metrics if k.startswith("training_")
     }
@@ -310,6 +319,8 @@ def test_mlflow_run_runs_the_projects_train_entry_point(workdir) -> None:
         [e.experiment_id for e in client.search_experiments()],
         filter_string="params.alpha = '0.5'",
     )
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert runs[0].data.params["l1_ratio"] == "0.7" and "rmse" in runs[0].data.metrics
+    assert len(runs) == 1
+    assert runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["l1_ratio"] == "0.7"
+    assert "rmse" in runs[0].data.metrics
     assert client.search_logged_models([runs[0].info.experiment_id])

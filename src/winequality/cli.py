@@ -29,6 +29,16 @@ from winequality.tracking import SWEEP_EXPERIMENT, TRAIN_EXPERIMENT
 if TYPE_CHECKING:
     from winequality.sweep import SweepConfig, SweepResult
 
+__all__ = [
+    "app",
+    "main",
+    "models",
+    "predict",
+    "serve",
+    "sweep",
+    "train",
+]
+
 app = typer.Typer(
     name="winequality",
     help="Train, track, evaluate, register and serve a wine-quality model with MLflow.",
@@ -37,18 +47,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # click's plain help: no type badges, nothing cut at 80 columns
 )
-out = Console(highlight=False, soft_wrap=True)  # ids and URIs never wrap
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Text never wraps (ids and URIs stay whole); piped, tables keep their natural width."""
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 1000
+    return console
+
+
+out, err = _console(), _console(stderr=True)
 
 T = TypeVar("T")
 
 # Choices come from the library's registries, never a second copy of them.
-WineColour = StrEnum("WineColour", [("red", "red"), ("white", "white")])
-FamilyChoice = StrEnum(  # type: ignore[misc]
-    "FamilyChoice", [(name.replace("-", "_"), name) for name in FAMILIES]
+_WineColour = StrEnum("_WineColour", [("red", "red"), ("white", "white")])
+_FamilyChoice = StrEnum(  # type: ignore[misc]
+    "_FamilyChoice", [(name.replace("-", "_"), name) for name in FAMILIES]
 )
-ProtocolChoice = StrEnum(  # type: ignore[misc]
-    "ProtocolChoice", [(f"{name}_protocol", name) for name in PROTOCOLS]
+_ProtocolChoice = StrEnum(  # type: ignore[misc]
+    "_ProtocolChoice", [(f"{name}_protocol", name) for name in PROTOCOLS]
 )
 
 DataOption = Annotated[
@@ -63,7 +82,7 @@ DataOption = Annotated[
     ),
 ]
 WineOption = Annotated[
-    WineColour,
+    _WineColour,
     typer.Option(help="Which UCI file: with no --data, or with --data uci."),
 ]
 TrackingOption = Annotated[
@@ -131,6 +150,9 @@ def _root(
     # MLflow logs schema migrations and experiment creation at INFO (our output says it better);
     # it configures its loggers when first imported, from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Against a tracking server MLflow prints a "View run" link for every run it ends, which is
+    # hundreds of lines in a sweep; the sweep prints one link to its parent run instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # It cannot find pip's version inside a uv environment, which only matters to conda users.
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
 
@@ -138,7 +160,7 @@ def _root(
 @app.command(short_help="Train the tutorial's ElasticNet and log it with its signature.")
 def train(
     data: DataOption = None,
-    wine: WineOption = WineColour.red,
+    wine: WineOption = _WineColour.red,
     alpha: Annotated[float, typer.Option(help="ElasticNet penalty strength, > 0.")] = 0.7,
     l1_ratio: Annotated[
         float,
@@ -216,12 +238,18 @@ def predict(
     input_path: Annotated[
         Path,
         typer.Option(
-            "--input", help="CSV (',' or ';'), Parquet or JSON (records or dataframe_split)."
+            "--input",
+            help="CSV (',' or ';'), Parquet or JSON (records, dataframe_split or pandas' "
+            "split layout); '-' reads standard input.",
         ),
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", help="CSV, Parquet or JSON by extension; default: CSV on stdout."),
+        typer.Option(
+            "--output",
+            help="A .csv, .parquet or .json file, written atomically; default (or '-'): CSV "
+            "on standard output.",
+        ),
     ] = None,
     id_column: Annotated[
         str | None,
@@ -251,8 +279,8 @@ def predict(
         )
     )
     for issue in result.warnings:
-        _warn(issue.describe())
-    if output is None:
+        _warn(issue.describe(result.row_label, result.row_offset))
+    if output is None or str(output) == "-":
         typer.echo(result.frame.to_csv(index=False), nl=False)
     else:
         err.print(f"wrote {result.rows} predictions to {output}")
@@ -279,8 +307,10 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: MLflow's /invocations protocol, a page at /, OpenAPI."""
     from winequality.predict import load_scorer
+    from winequality.serve import check_port
     from winequality.serve import serve as run_server
 
+    _guard(lambda: check_port(host, port))
     scorer = _guard(lambda: load_scorer(model, tracking_uri))  # exit 2 before any socket
     err.print(
         f"serving {model} on http://{host}:{port}/ ({workers} worker"
@@ -302,16 +332,18 @@ def serve(
 @app.command(short_help="Tune a model family with Optuna; register and gate the best.")
 def sweep(
     data: DataOption = None,
-    wine: WineOption = WineColour.red,
+    wine: WineOption = _WineColour.red,
     model: Annotated[
-        FamilyChoice,
+        _FamilyChoice,
         typer.Option("--model", help="Model family."),
-    ] = FamilyChoice.elasticnet,  # type: ignore[attr-defined]
+    ] = _FamilyChoice.elasticnet,  # type: ignore[attr-defined]
     trials: Annotated[
         int,
         typer.Option(min=1, help="Finished trials the study should hold, all workers together."),
     ] = 50,
-    jobs: Annotated[int, typer.Option(min=1, help="Parallel workers in this process.")] = 1,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Worker processes to start; they share the study.")
+    ] = 1,
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting trials after this many seconds.")
     ] = None,
@@ -327,17 +359,18 @@ def sweep(
         typer.Option(
             envvar="WINEQUALITY_STORAGE",
             show_envvar=True,
-            help="Optuna storage, e.g. postgresql://host/db. Default: sqlite:///optuna.db",
+            help="Optuna storage: a journal file (default: optuna.journal, in the current "
+            "folder), or a database URL such as postgresql://host/db for a team.",
         ),
     ] = None,
     protocol: Annotated[
-        ProtocolChoice,
+        _ProtocolChoice,
         typer.Option(
             help="Cross-validation protocol: "
             + "; ".join(f"{name}: {text}" for name, text in PROTOCOLS.items())
             + "."
         ),
-    ] = ProtocolChoice.grouped_protocol,  # type: ignore[attr-defined]
+    ] = _ProtocolChoice.grouped_protocol,  # type: ignore[attr-defined]
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (K).")] = 5,
     repeats: Annotated[
         int, typer.Option(min=1, help="Repetitions of the K folds, each shuffled anew.")
@@ -398,7 +431,7 @@ def sweep(
     def advance(event: TrialEvent) -> None:
         progress.start()  # shown from the first finished trial: no bar before an error
         progress.update(
-            task, completed=event.complete, total=event.target, best=f"{event.best_value:.4f}"
+            task, completed=event.complete, total=event.trial_goal, best=f"{event.best_value:.4f}"
         )
 
     try:
@@ -449,7 +482,7 @@ def _resume_command(config: SweepConfig) -> str:
 
 def _print_sweep(result: SweepResult, config: SweepConfig) -> None:
     out.print(
-        f"Study {result.study}: {result.complete} of {result.target} trials finished "
+        f"Study {result.study}: {result.complete} of {result.trial_goal} trials finished "
         f"({result.ran_here} run here); parent run {result.parent_run_id}"
     )
     if result.parent_run_url:
@@ -457,7 +490,7 @@ def _print_sweep(result: SweepResult, config: SweepConfig) -> None:
     if result.stopped_early:
         err.print(
             f"[yellow]warning:[/] stopped early (--timeout {config.timeout:g} s): "
-            f"{result.complete} of {result.target} trials; the best so far is below. "
+            f"{result.complete} of {result.trial_goal} trials; the best so far is below. "
             f"Resume with: {_resume_command(config)}"
         )
     out.print(
@@ -514,7 +547,7 @@ def models(
         table.add_column(
             column,
             justify="right" if column.endswith(("rmse", "r2")) else "left",
-            no_wrap=True,
+            overflow="fold",  # a narrow terminal folds a cell; it never cuts it
         )
     for v in versions:
         table.add_row(

@@ -19,6 +19,7 @@ Problems in files are cited by line (CSV) or 0-based row (Parquet, JSON); in HTT
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,24 @@ from winequality import schema
 from winequality.data import atomic_write, read_bytes, read_table
 from winequality.errors import DataError, PayloadError, SchemaError, first_line
 from winequality.schema import FEATURE_NAMES, FeatureIssue, Validation
+
+__all__ = [
+    "CSV",
+    "EXTENSIONS",
+    "FORMATS",
+    "JSON",
+    "MEDIA_TYPES",
+    "PARQUET",
+    "STDIO",
+    "Decoded",
+    "decode",
+    "decode_file",
+    "encode",
+    "media_type_for",
+    "parse_payload",
+    "sniff",
+    "write_file",
+]
 
 CSV = "text/csv"
 JSON = "application/json"
@@ -103,15 +122,33 @@ def decode(
     return Decoded(checked, frame if keep_frame else None, label, offset)
 
 
+STDIO = Path("-")  # `--input -` / `--output -`: standard input or output, as Unix tools do
+
+
+def sniff(content: bytes) -> str:
+    """The media type of unnamed bytes (standard input): Parquet's magic, JSON's bracket, CSV."""
+    if content[:4] == b"PAR1":
+        return PARQUET
+    return JSON if content.lstrip()[:1] in (b"{", b"[") else CSV
+
+
 def decode_file(path: Path, *, allow_out_of_range: bool = False) -> Decoded:
-    """Read a CSV, Parquet or JSON file (by extension) and validate it, keeping its columns."""
-    media_type = media_type_for(path)
-    if not path.is_file():
-        raise DataError(f"no such input file: {path}")
+    """Read a CSV, Parquet or JSON file (by extension; `-` is standard input, its format
+    sniffed) and validate it, keeping its columns."""
+    if path == STDIO:
+        import sys
+
+        content = sys.stdin.buffer.read()
+        media_type, what = sniff(content), "standard input"
+    else:
+        media_type, what = media_type_for(path), str(path)
+        if not path.is_file():
+            raise DataError(f"no such input file: {path}")
+        content = read_bytes(path)
     return decode(
-        read_bytes(path),
+        content,
         media_type,
-        what=str(path),
+        what=what,
         allow_out_of_range=allow_out_of_range,
         keep_frame=True,
         from_file=True,
@@ -119,7 +156,7 @@ def decode_file(path: Path, *, allow_out_of_range: bool = False) -> Decoded:
 
 
 def _decode_json(
-    content: bytes, what: str, allow: bool, keep_frame: bool, from_file: bool
+    content: bytes, what: str, allow_out_of_range: bool, keep_frame: bool, from_file: bool
 ) -> Decoded:
     import orjson
 
@@ -136,7 +173,7 @@ def _decode_json(
             and not any(k in payload for k in FORMATS)
         ):
             payload = {"dataframe_split": {"columns": payload["columns"], "data": payload["data"]}}
-    checked = parse_payload(payload, allow_out_of_range=allow)
+    checked = parse_payload(payload, allow_out_of_range=allow_out_of_range)
     frame = _payload_frame(payload) if keep_frame else None
     return Decoded(checked, frame, "row", 0)
 
@@ -230,14 +267,14 @@ def _fast_matrix(rows: Any, order: np.ndarray | None, width: int) -> np.ndarray 
     return matrix if order is None else matrix[:, order]
 
 
-def _from_rows(columns: list[str], data: list[list[Any]], allow: bool) -> Validation:
+def _from_rows(columns: list[str], data: list[list[Any]], allow_out_of_range: bool) -> Validation:
     if data and len(set(columns)) == len(columns) and set(FEATURE_LIST) <= set(columns):
         order = (
             None if columns == FEATURE_LIST else np.array([columns.index(n) for n in FEATURE_LIST])
         )
         matrix = _fast_matrix(data, order, len(columns))
         if matrix is not None:
-            return _checked_matrix(matrix, columns, allow)
+            return _checked_matrix(matrix, columns, allow_out_of_range)
     width = len(columns)
     ragged = [i for i, row in enumerate(data) if len(row) != width]
     if ragged:
@@ -247,24 +284,26 @@ def _from_rows(columns: list[str], data: list[list[Any]], allow: bool) -> Valida
             f"has a different number of values than the {width} columns",
             tuple(ragged),
         )
-        return Validation(np.empty((0, len(FEATURE_LIST))), None, errors=[issue], n_rows=len(data))
+        return Validation(np.empty((0, len(FEATURE_LIST))), None, errors=[issue])
     cells = np.empty((len(data), width), dtype=object)
     for i, row in enumerate(data):
         for j, cell in enumerate(row):  # element by element: a cell may itself be a list
             cells[i, j] = cell
-    return _lenient(dict(zip(columns, cells.T, strict=True)), columns, len(data), allow)
+    return _checked_cells(
+        dict(zip(columns, cells.T, strict=True)), columns, len(data), allow_out_of_range
+    )
 
 
-def _checked_matrix(matrix: np.ndarray, names: list[str], allow: bool) -> Validation:
+def _checked_matrix(matrix: np.ndarray, names: list[str], allow_out_of_range: bool) -> Validation:
     """Fast-path values check, plus a warning for each column the model will ignore."""
-    result = schema.validate_numeric(matrix, allow_out_of_range=allow)
+    result = schema.validate_numeric(matrix, allow_out_of_range=allow_out_of_range)
     if names != FEATURE_LIST:  # exactly the features: nothing to warn about
         _, unknown = schema.check_columns(names, require_target=False, unknown="warn")
-        result.warnings = unknown + result.warnings
+        result = dataclasses.replace(result, warnings=unknown + result.warnings)
     return result
 
 
-def _from_records(records: list[dict[str, Any]], allow: bool) -> Validation:
+def _from_records(records: list[dict[str, Any]], allow_out_of_range: bool) -> Validation:
     try:
         rows = [[record[name] for name in FEATURE_LIST] for record in records]
     except KeyError:
@@ -273,13 +312,13 @@ def _from_records(records: list[dict[str, Any]], allow: bool) -> Validation:
         matrix = _fast_matrix(rows, None, len(FEATURE_LIST))
         if matrix is not None:
             extra = sorted({k for r in records for k in r} - set(FEATURE_LIST))
-            return _checked_matrix(matrix, FEATURE_LIST + extra, allow)
+            return _checked_matrix(matrix, FEATURE_LIST + extra, allow_out_of_range)
     names = list(dict.fromkeys(k for record in records for k in record))
     columns = {n: np.array([r.get(n) for r in records], dtype=object) for n in names}
-    return _lenient(columns, names, len(records), allow)
+    return _checked_cells(columns, names, len(records), allow_out_of_range)
 
 
-def _from_column_dict(body: dict[str, Any], allow: bool) -> Validation:
+def _from_column_dict(body: dict[str, Any], allow_out_of_range: bool) -> Validation:
     names = list(body)
     lengths = {len(v) if isinstance(v, list) else -1 for v in body.values()}
     if -1 in lengths or len(lengths) > 1:
@@ -292,16 +331,20 @@ def _from_column_dict(body: dict[str, Any], allow: bool) -> Validation:
         column = np.empty(n_rows, dtype=object)
         column[:] = body[name]
         columns[name] = column
-    return _lenient(columns, names, n_rows, allow)
+    return _checked_cells(columns, names, n_rows, allow_out_of_range)
 
 
-def _lenient(
-    columns: Mapping[str, np.ndarray], names: Sequence[str], n_rows: int, allow: bool
+def _checked_cells(
+    columns: Mapping[str, np.ndarray], names: Sequence[str], n_rows: int, allow_out_of_range: bool
 ) -> Validation:
-    """The slow path: per-cell checks, converting booleans as MLflow does."""
+    """The slow path: cell by cell, converting booleans as MLflow does, naming every problem."""
     converted = {name: _bools_to_float(col) for name, col in columns.items()}
     return schema.validate_columns(
-        converted, n_rows=n_rows, column_order=list(names), unknown="warn", allow_out_of_range=allow
+        converted,
+        n_rows=n_rows,
+        column_order=list(names),
+        unknown="warn",
+        allow_out_of_range=allow_out_of_range,
     )
 
 

@@ -29,6 +29,35 @@ import pandas as pd
 from winequality.errors import DataError, SchemaError, first_line
 from winequality.schema import FEATURE_NAMES, TARGET, FeatureIssue, validate_columns
 
+__all__ = [
+    "ENV_CACHE",
+    "ENV_DATA",
+    "ENV_DATA_URL",
+    "UCI",
+    "UCI_ARCHIVE_URL",
+    "UCI_MEMBER_SHA256",
+    "Resolved",
+    "Table",
+    "Wine",
+    "WineData",
+    "atomic_write",
+    "cache_dir",
+    "detect_layout",
+    "download_failure",
+    "embedded_bytes",
+    "embedded_path",
+    "fetch_uci",
+    "fetch_url",
+    "load",
+    "member_name",
+    "read_bytes",
+    "read_table",
+    "resolve",
+    "sha256_of",
+    "split",
+    "write_csv_atomic",
+]
+
 Wine = Literal["red", "white"]
 
 UCI = "uci"  # --data uci: download UCI's archive instead of using the embedded copy

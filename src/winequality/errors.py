@@ -25,6 +25,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+__all__ = [
+    "DataError",
+    "InputError",
+    "Issue",
+    "ModelCheckError",
+    "ModelLoadError",
+    "NotFoundError",
+    "ParameterError",
+    "PayloadError",
+    "PayloadTooLarge",
+    "SchemaError",
+    "SweepError",
+    "TrackingError",
+    "UnsupportedMedia",
+    "WinequalityError",
+    "first_line",
+]
+
 
 class WinequalityError(Exception):
     """Base of every deliberate error; `str(error)` is the message people read."""

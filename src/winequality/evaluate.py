@@ -20,6 +20,25 @@ from winequality.errors import ParameterError
 if TYPE_CHECKING:  # pandas is imported where it is used, so that importing this is cheap
     import pandas as pd
 
+__all__ = [
+    "PROTOCOLS",
+    "TOLERANCES",
+    "CVResult",
+    "Folds",
+    "Protocol",
+    "cross_validate",
+    "duplicate_groups",
+    "feature_importance",
+    "holdout_split",
+    "make_folds",
+    "plot_importance",
+    "plot_predictions",
+    "plot_search",
+    "regression_metrics",
+    "twins_in",
+    "write_report",
+]
+
 TOLERANCES = (0.25, 0.5, 1.0)
 
 

@@ -31,6 +31,21 @@ from winequality.errors import ModelCheckError, ModelLoadError, first_line
 if TYPE_CHECKING:
     from winequality.data import WineData
 
+__all__ = [
+    "MODEL_NAME",
+    "PICKLE_SWITCH",
+    "TRUSTED_TYPES",
+    "LoadedModel",
+    "load",
+    "load_local",
+    "log_datasets",
+    "log_model",
+    "pip_requirements",
+    "provenance_tags",
+    "skops_trusted_types",
+    "verify",
+]
+
 MODEL_NAME = "model"  # the tutorial's artifact name: runs:/<run_id>/model
 PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 # Types our families hold that skops does not trust by default. Loading checks a model against
@@ -180,7 +195,12 @@ def verify(model_uri: str, example: pd.DataFrame, expected: np.ndarray) -> None:
             serving_input = meta.get_serving_input(local)
             if serving_input is None:
                 raise ModelCheckError(f"{model_uri} holds no serving input example")
-            parsed = _parse_json_data(serving_input, meta, meta.get_input_schema())
+            # MLflow's own scoring-server parser (no public equivalent parses without loading)
+            parsed = _parse_json_data(  # type: ignore[no-untyped-call]
+                serving_input,
+                meta,
+                meta.get_input_schema(),  # type: ignore[no-untyped-call]
+            )
             served = np.asarray(predict(parsed.data), dtype=float).ravel()
         except ModelCheckError:
             raise

@@ -17,6 +17,14 @@ from winequality.errors import ParameterError
 if TYPE_CHECKING:  # scikit-learn is imported by the builders, so that importing this is cheap
     from sklearn.pipeline import Pipeline
 
+__all__ = [
+    "FAMILIES",
+    "RANDOM_STATE",
+    "Family",
+    "elasticnet",
+    "family",
+]
+
 RANDOM_STATE = 42  # the tutorial's ElasticNet(random_state=42)
 
 

@@ -23,6 +23,14 @@ from winequality import codecs, logged_model, schema
 from winequality.errors import SchemaError
 from winequality.schema import FeatureIssue
 
+__all__ = [
+    "PredictResult",
+    "Scorer",
+    "fold_linear",
+    "load_scorer",
+    "predict_file",
+]
+
 
 @dataclass(frozen=True)
 class Scorer:
@@ -39,13 +47,15 @@ class Scorer:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         if self.weights is not None:
-            return features @ self.weights + self.bias
+            scores: np.ndarray = features @ self.weights + self.bias
+            return scores
         import sklearn
 
         with warnings.catch_warnings(), sklearn.config_context(assume_finite=True):
             # fitted on a named frame; the matrix is already in schema order and validated
             warnings.simplefilter("ignore", UserWarning)
-            return np.asarray(self.estimator.predict(features), dtype=np.float64).ravel()
+            predicted: np.ndarray = np.asarray(self.estimator.predict(features), dtype=np.float64)
+            return predicted.ravel()
 
     def metadata(self) -> dict[str, Any]:
         example = None
@@ -129,6 +139,8 @@ class PredictResult:
     predictions: np.ndarray
     warnings: list[FeatureIssue]
     frame: pd.DataFrame  # what was (or would be) written
+    row_label: str = "row"  # how warnings cite rows: "line" for CSV files, else 0-based "row"
+    row_offset: int = 0
 
 
 def predict_file(
@@ -142,17 +154,22 @@ def predict_file(
 ) -> PredictResult:
     """Score a file; write `prediction` next to the inputs (or only next to `id_column`).
 
-    Raises SchemaError listing every problem, and writes nothing, if any row is invalid.
+    `input_path` may be `-` (standard input). With no `output_path` (or `-`), nothing is
+    written: the caller prints `frame`. Raises SchemaError listing every problem, and writes
+    nothing, if any row is invalid.
     """
     decoded = codecs.decode_file(input_path, allow_out_of_range=allow_out_of_range)
     frame = decoded.frame
     assert frame is not None  # decode_file keeps the input's columns
+    what = "standard input" if input_path == codecs.STDIO else str(input_path)
     if id_column is not None and id_column not in frame.columns:
         raise SchemaError(
             [FeatureIssue("missing_column", id_column, "the --id-column is not in the input")],
-            what=str(input_path),
+            what=what,
         )
-    decoded.raise_for_errors(str(input_path))
+    decoded.raise_for_errors(what)
+    if output_path == codecs.STDIO:
+        output_path = None
     if output_path is not None:
         codecs.media_type_for(output_path)  # refuse an unknown output type before loading
     scorer = load_scorer(model_uri, tracking_uri)
@@ -162,4 +179,6 @@ def predict_file(
     if output_path is not None:
         codecs.write_file(result, output_path)
     warnings = [w for w in decoded.validation.warnings if w.column != id_column]
-    return PredictResult(len(result), predictions, warnings, result)
+    return PredictResult(
+        len(result), predictions, warnings, result, decoded.row_label, decoded.row_offset
+    )

@@ -18,6 +18,20 @@ import numpy as np
 
 from winequality.errors import NotFoundError
 
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "DEFAULT_MODEL_NAME",
+    "GATE_TAG",
+    "Decision",
+    "VersionInfo",
+    "alias_version",
+    "decide",
+    "gate",
+    "list_versions",
+    "register",
+]
+
 DEFAULT_MODEL_NAME = "wine-quality"
 CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_TAG = "winequality.gate"
@@ -46,10 +60,21 @@ class VersionInfo:
 def register(
     model_uri: str, name: str = DEFAULT_MODEL_NAME, tags: dict[str, str] | None = None
 ) -> str:
-    """Register a logged model as a new version of `name`; returns the version number."""
-    import mlflow
+    """Register a logged model (`models:/m-…`) as a new version of `name`; its number.
 
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    Through the client API: `mlflow.register_model` prints to stderr on every call.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name, model_uri, tags=tags, model_id=model_id)
     return str(version.version)
 
 
@@ -133,6 +158,14 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
         raise
 
 
+def _versions_of(client: Any, name: str) -> list[Any]:
+    """Every version of `name`, whatever quotes the name holds (it is never pasted raw)."""
+    for quote in ("'", '"'):
+        if quote not in name:
+            return list(client.search_model_versions(f"name = {quote}{name}{quote}"))
+    return [v for v in client.search_model_versions(max_results=200_000) if v.name == name]
+
+
 def list_versions(
     name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None
 ) -> list[VersionInfo]:
@@ -162,8 +195,7 @@ def list_versions(
     aliases: dict[str, list[str]] = {}
     for alias, version in model.aliases.items():
         aliases.setdefault(str(version), []).append(alias)
-    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
-    versions = client.search_model_versions(f"name = '{quoted}'")
+    versions = _versions_of(client, name)
     return sorted(
         (
             VersionInfo(

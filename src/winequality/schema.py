@@ -26,6 +26,26 @@ if TYPE_CHECKING:
     from mlflow.models.signature import ModelSignature
 
 
+__all__ = [
+    "FEATURES",
+    "FEATURES_BY_NAME",
+    "FEATURE_NAMES",
+    "SO2_RULE",
+    "TARGET",
+    "Feature",
+    "FeatureIssue",
+    "IssueKind",
+    "Target",
+    "Validation",
+    "check_columns",
+    "feature_table",
+    "input_example",
+    "model_signature",
+    "validate_columns",
+    "validate_numeric",
+]
+
+
 @dataclass(frozen=True)
 class Feature:
     """One physicochemical measurement of a wine (UCI wine quality, Cortez et al. 2009)."""
@@ -190,7 +210,7 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else f"{value}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Validation:
     """The outcome of checking a frame: clean float64 features, or every problem found."""
 
@@ -198,7 +218,6 @@ class Validation:
     target: np.ndarray | None
     errors: list[FeatureIssue] = field(default_factory=list)
     warnings: list[FeatureIssue] = field(default_factory=list)
-    n_rows: int = 0
 
     @property
     def ok(self) -> bool:
@@ -350,13 +369,10 @@ def validate_numeric(matrix: np.ndarray, *, allow_out_of_range: bool = False) ->
     Only values can be wrong here (non-finite, out of range, the SO₂ rule), so the clean case
     costs a handful of vectorised comparisons.
     """
-    n = matrix.shape[0]
-    lower = _LOWER
-    upper = _UPPER
     with np.errstate(invalid="ignore"):
-        clean = bool(np.all((matrix >= lower) & (matrix <= upper)))
+        clean = bool(np.all((matrix >= _LOWER) & (matrix <= _UPPER)))
         if clean and not np.any(matrix[:, _FREE_I] > matrix[:, _TOTAL_I]):
-            return Validation(matrix, None, n_rows=n)
+            return Validation(matrix, None)
     errors: list[FeatureIssue] = []
     soft: list[FeatureIssue] = []
     for j, feature in enumerate(FEATURES):
@@ -375,7 +391,7 @@ def validate_numeric(matrix: np.ndarray, *, allow_out_of_range: bool = False) ->
             (soft if allow_out_of_range and issue.kind == "out_of_range" else errors).append(issue)
     rule = _rule_issues(matrix)
     (soft if allow_out_of_range else errors).extend(rule)
-    return Validation(matrix, None, errors=errors, warnings=soft, n_rows=n)
+    return Validation(matrix, None, errors=errors, warnings=soft)
 
 
 _LOWER = np.array([f.minimum for f in FEATURES])
@@ -447,7 +463,7 @@ def validate_columns(
                     tuple(target[bad[:SAMPLE_VALUES]].tolist()),
                 )
             )
-    return Validation(matrix, target, errors=errors, warnings=warnings, n_rows=n_rows)
+    return Validation(matrix, target, errors=errors, warnings=warnings)
 
 
 def feature_table() -> list[dict[str, Any]]:

@@ -32,9 +32,26 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from winequality import codecs, schema
-from winequality.errors import PayloadTooLarge, SchemaError, UnsupportedMedia, WinequalityError
+from winequality.errors import (
+    ParameterError,
+    PayloadTooLarge,
+    SchemaError,
+    UnsupportedMedia,
+    WinequalityError,
+)
 from winequality.predict import Scorer
 from winequality.schema import FeatureIssue
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "Endpoints",
+    "app_from_environment",
+    "check_port",
+    "create_app",
+    "openapi_document",
+    "render_page",
+    "serve",
+]
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # a 10,000-row JSON body is about 2.5 MB
 JSON = codecs.JSON
@@ -42,20 +59,11 @@ ENV_PREFIX = "WINEQUALITY_SERVE_"
 log = logging.getLogger("winequality.serve")
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        media_type=JSON,
-        headers=headers,
-    )
-
-
-def error_body(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> bytes:
+def _error_body(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> bytes:
     return orjson.dumps({"error_code": code, "message": message, "errors": errors or []})
 
 
-def media_type(request: Request) -> str:
+def _media_type(request: Request) -> str:
     """The body's media type; 415 for anything but JSON, CSV or Parquet in UTF-8."""
     raw = request.headers.get("content-type", "")
     mime, *parameters = (part.strip() for part in raw.split(";"))
@@ -74,7 +82,7 @@ def media_type(request: Request) -> str:
     return mime
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing one past `limit` bytes as soon as that is known."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -89,7 +97,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def warning_header(issues: list[FeatureIssue]) -> dict[str, str]:
+def _warning_header(issues: list[FeatureIssue]) -> dict[str, str]:
     if not issues:
         return {}
     text = "; ".join(i.describe() for i in issues[:5])
@@ -111,7 +119,12 @@ class Endpoints:
         metadata = scorer.metadata()
         self.fixed = {
             "/health": orjson.dumps(
-                {"status": "ok", "model_loaded": True, "model_uri": scorer.model_uri}
+                {
+                    "status": "ok",
+                    "model_loaded": True,
+                    "model_uri": scorer.model_uri,
+                    "pid": os.getpid(),  # which worker process answered
+                }
             ),
             "/version": orjson.dumps(versions),
             "/metadata": orjson.dumps(metadata, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -122,8 +135,8 @@ class Endpoints:
         self.page = render_page(metadata)
 
     async def invocations(self, request: Request) -> Response:
-        mime = media_type(request)
-        body = await read_body(request, self.max_body_bytes)
+        mime = _media_type(request)
+        body = await _read_body(request, self.max_body_bytes)
         decoded = codecs.decode(
             body, mime, what="the body", allow_out_of_range=self.allow_out_of_range
         )
@@ -134,7 +147,7 @@ class Endpoints:
         return Response(
             orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
             media_type=JSON,
-            headers=warning_header(checked.warnings),
+            headers=_warning_header(checked.warnings),
         )
 
     async def ping(self, request: Request) -> Response:
@@ -156,21 +169,21 @@ class Endpoints:
         ]
 
 
-async def known_error(request: Request, exc: Exception) -> Response:
+async def _known_error(request: Request, exc: Exception) -> Response:
     """Every deliberate error, with the status it carries."""
     assert isinstance(exc, WinequalityError)
-    body = error_body(exc.error_code, exc.summary, exc.entries())
+    body = _error_body(exc.error_code, exc.summary, exc.entries())
     return Response(body, status_code=exc.http_status, media_type=JSON)
 
 
-async def http_error(request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-    body = error_body(codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
+    body = _error_body(codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
     return Response(body, status_code=exc.status_code, media_type=JSON)
 
 
-async def bug(request: Request, exc: Exception) -> Response:
+async def _bug(request: Request, exc: Exception) -> Response:
     """A bug: logged with its trace under a request id; the client gets the id, no trace."""
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     log.error(
@@ -197,9 +210,9 @@ def create_app(
     return Starlette(
         routes=endpoints.routes(),
         exception_handlers={
-            WinequalityError: known_error,
-            HTTPException: http_error,
-            Exception: bug,
+            WinequalityError: _known_error,
+            HTTPException: _http_error,
+            Exception: _bug,
         },
     )
 
@@ -288,6 +301,26 @@ def render_page(metadata: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address another process already listens on.
+
+    Checked before the model loads, so a busy port is said at once rather than after loading.
+    """
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "the address is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ParameterError(
+                f"cannot listen on {host}:{port}: {reason}; choose another port with --port"
+            ) from None
 
 
 def app_from_environment() -> Starlette:

@@ -33,6 +33,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from winequality.errors import TrackingError, first_line
 
+__all__ = [
+    "GRACE_SECONDS",
+    "HEARTBEAT_ATTR",
+    "HEARTBEAT_SECONDS",
+    "GridWalk",
+    "SharedStudy",
+    "TrialSeededSampler",
+    "is_rdb",
+    "make_sampler",
+    "open_storage",
+    "trial_seed",
+]
+
 HEARTBEAT_SECONDS = 2.0
 GRACE_SECONDS = 10.0  # a RUNNING trial silent this long belongs to a dead worker
 HEARTBEAT_ATTR = "winequality.heartbeat"
@@ -213,20 +226,41 @@ class TrialSeededSampler(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        # Not delegated: TPE keeps nothing here (no constraints), and GridSampler would call
-        # study.stop(), which only works inside study.optimize; the sweep counts its trials.
+        # TPE keeps nothing here (no constraints): nothing to delegate.
         pass
 
     def reseed_rng(self) -> None:  # each trial carries its own seed
         pass
 
 
-def make_sampler(seed: int, grid: dict[str, list[Any]] | None) -> TrialSeededSampler:
-    """TPE (or a grid) whose draws depend only on the seed and the trial number."""
+class GridWalk(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for an ask/tell loop.
+
+    GridSampler stops the study once the grid is exhausted, through `study.stop()`, which only
+    works inside `study.optimize`; the sweep counts its own trials instead.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        pass
+
+
+def make_sampler(seed: int, grid: dict[str, list[Any]] | None) -> BaseSampler:
+    """TPE whose draws depend only on the seed and the trial number, or a grid.
+
+    A grid is walked by one GridSampler seeded with `seed`: its grid ids mean the same points
+    to every worker (the seed shuffles the grid), and it skips points other workers are
+    running.
+    """
+    if grid is not None:
+        return GridWalk(grid, seed=seed)
 
     def build(seed_of_trial: int) -> BaseSampler:
-        if grid is not None:
-            return optuna.samplers.GridSampler(grid, seed=seed_of_trial)
         with warnings.catch_warnings():  # constant_liar is "experimental"; it is what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(

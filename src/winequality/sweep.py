@@ -5,14 +5,15 @@ MLflow is its record. Per study there is one parent run; every trial is one chil
 and CV metrics in one batch) created *before* the trial is told COMPLETE, so a finished trial
 always has its run. A worker killed in between leaves a RUNNING trial whose heartbeat stops: it
 is failed after the grace period and its orphan run deleted, so no finished trial is lost and
-none is logged twice. `--trials N` is the study's target of finished trials, whoever runs them.
+none is logged twice. `--trials N` is the number of finished trials the study should hold,
+whoever runs them.
 
 `--jobs N` runs N worker processes (forked before any store is opened, so each has its own
 connections), which share the study exactly as workers on other machines do. Each trial's
 sampler is seeded from (seed, trial number): workers never draw alike, and one worker replays
 the same sweep from the same seed.
 
-When the target is reached, exactly one worker (the one that finished the last trial) refits
+When that number is reached, exactly one worker (the one that finished the last trial) refits
 the best trial on the training split, tests it once on held-out rows that share no wine with
 the training rows, logs it as `train` does, registers it and runs the champion gate.
 """
@@ -41,6 +42,28 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from winequality.studies import SharedStudy
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_STORAGE",
+    "FinalModel",
+    "Refit",
+    "SweepConfig",
+    "SweepInterrupted",
+    "SweepResult",
+    "Tracking",
+    "TrialEvent",
+    "WorkerPlan",
+    "delete_orphans",
+    "ensure_parent_run",
+    "evaluation_artifacts",
+    "finalize",
+    "log_final_run",
+    "refit_and_test",
+    "register_and_gate",
+    "run_sweep",
+    "trial_runs",
+]
 
 DEFAULT_STORAGE = "optuna.journal"  # Optuna's journal file: built for many local processes
 DEFAULT_EXPERIMENT = tracking.SWEEP_EXPERIMENT
@@ -86,7 +109,7 @@ class TrialEvent:
     value: float
     best_value: float
     complete: int
-    target: int
+    trial_goal: int
 
 
 @dataclass(frozen=True)
@@ -105,12 +128,12 @@ class SweepResult:
     parent_run_id: str
     parent_run_url: str | None  # a link for HTTP tracking servers
     complete: int
-    target: int
+    trial_goal: int
     ran_here: int
     best_trial: int
     best_params: dict[str, Any]
     best_cv: dict[str, float]
-    stopped_early: bool  # --timeout ended the sweep before the target
+    stopped_early: bool  # --timeout ended the sweep before the trial goal
     final: FinalModel | None  # None when another worker finalizes, or it was done before
     finalized_before: dict[str, Any] | None  # what an earlier run of this study registered
 
@@ -124,11 +147,12 @@ class SweepInterrupted(WinequalityError):
 
     exit_code = 130
 
-    def __init__(self, study: str, complete: int, target: int) -> None:
+    def __init__(self, study: str, complete: int, trial_goal: int) -> None:
         super().__init__(
-            f"interrupted: {complete} of {target} trials finished and are kept in study {study!r}"
+            f"interrupted: {complete} of {trial_goal} trials finished and are kept in study "
+            f"{study!r}"
         )
-        self.study, self.complete, self.target = study, complete, target
+        self.study, self.complete, self.trial_goal = study, complete, trial_goal
 
 
 @dataclass(frozen=True)
@@ -140,7 +164,7 @@ class WorkerPlan:
     folds: evaluate.Folds
     x_train: np.ndarray
     y_train: np.ndarray
-    target: int
+    trial_goal: int  # finished trials the study should hold
     deadline: float | None  # time.time() after which no trial starts
 
 
@@ -165,7 +189,7 @@ def run_sweep(
         train_frame, config.protocol, folds=config.folds, repeats=config.repeats, seed=config.seed
     )
     grid = family.grid if config.grid else None
-    target = (
+    trial_goal = (
         min(config.trials, int(np.prod([len(v) for v in grid.values()]))) if grid else config.trials
     )
     features = list(schema.FEATURE_NAMES)
@@ -175,18 +199,21 @@ def run_sweep(
         folds,
         train_frame[features].to_numpy(dtype=np.float64),
         train_frame[schema.TARGET.name].to_numpy(dtype=np.float64),
-        target,
+        trial_goal,
         time.time() + config.timeout if config.timeout else None,
     )
+    # Both stores are checked before anything is written to either: the tracking store
+    # answers (read only), then the Optuna storage opens, then the tracking store is used.
+    tracking.preflight(tracking.resolve_uri(config.tracking_uri))
     # Helpers fork now, before any store is opened: each opens its own connections.
     helpers = [_Helper.start(plan) for _ in range(config.jobs - 1)]
     try:
+        shared = _join_study(plan)
         uri = tracking.connect(config.tracking_uri)
         import mlflow
 
         client = mlflow.MlflowClient()
         experiment_id = str(tracking.use_experiment(config.experiment).experiment_id)
-        shared = _join_study(plan)
         _check_same_settings(shared, config, wine.sha256)
         parent = ensure_parent_run(client, experiment_id, shared.name, config)
         _link_project_run(client, shared.name, parent)
@@ -209,12 +236,12 @@ def run_sweep(
         delete_orphans(client, experiment_id, shared)
         client.update_run(parent, status="KILLED")  # the UI shows it stopped; resume revives
         kept = len(shared.trials("COMPLETE"))
-        raise SweepInterrupted(shared.name, kept, target) from None
+        raise SweepInterrupted(shared.name, kept, trial_goal) from None
     except BaseException:
         for helper in helpers:
             helper.stop()
         raise
-    mine = set(worker.mine)
+    mine = set(worker.finished_here)
     for helper in helpers:
         mine |= helper.finish()  # raises a helper's error here
     delete_orphans(client, experiment_id, shared)
@@ -246,12 +273,12 @@ def run_sweep(
         parent_run_id=parent,
         parent_run_url=_run_url(uri, experiment_id, parent),
         complete=len(complete),
-        target=target,
+        trial_goal=trial_goal,
         ran_here=len(mine),
         best_trial=best.number,
         best_params=dict(best.params),
         best_cv=dict(cv.get("mean", {})),
-        stopped_early=len(complete) < target,
+        stopped_early=len(complete) < trial_goal,
         final=final,
         finalized_before=finalized_before,
     )
@@ -346,7 +373,7 @@ def _link_project_run(client: Any, study: str, parent: str) -> None:
     """
     from mlflow.environment_variables import MLFLOW_RUN_ID
 
-    project_run = MLFLOW_RUN_ID.get()
+    project_run = os.environ.get(MLFLOW_RUN_ID.name)
     if not project_run:
         return
     os.environ.pop(MLFLOW_RUN_ID.name, None)
@@ -409,7 +436,7 @@ class _Worker:
     ) -> None:
         self.plan, self.where, self.shared, self.client = plan, where, shared, client
         self.on_trial = on_trial
-        self.mine: list[int] = []
+        self.finished_here: list[int] = []
         self.worker_id = uuid.uuid4().hex[:8]
 
     def run(self) -> None:
@@ -422,16 +449,16 @@ class _Worker:
             return False
         states = [t.state.name for t in self.shared.trials("COMPLETE", "RUNNING")]
         complete = states.count("COMPLETE")
-        if complete >= plan.target:
+        if complete >= plan.trial_goal:
             return False
-        if len(states) >= plan.target:
+        if len(states) >= plan.trial_goal:
             time.sleep(0.5)  # others are finishing the last trials; stale ones get failed
             self.shared.fail_stale_trials()
             return True
         trial = self.shared.study.ask()
         trial_id = self.shared.trial_id(trial.number)
         active = sorted(t.number for t in self.shared.trials("COMPLETE", "RUNNING"))
-        if trial.number not in active[: plan.target]:  # another worker took the last slot
+        if trial.number not in active[: plan.trial_goal]:  # another worker took the last slot
             trial.set_user_attr("overflow", True)
             self.shared.tell_fail(trial)
             return True
@@ -447,7 +474,7 @@ class _Worker:
             self.shared.tell_fail(trial)  # its run, if any, is an orphan now
             raise
         self.shared.study.tell(trial, cv.mean["rmse"])
-        self.mine.append(trial.number)
+        self.finished_here.append(trial.number)
         if self.on_trial is not None:
             self.on_trial(
                 TrialEvent(
@@ -455,7 +482,7 @@ class _Worker:
                     cv.mean["rmse"],
                     self.shared.study.best_value,
                     complete + 1,
-                    plan.target,
+                    plan.trial_goal,
                 )
             )
         return True
@@ -556,9 +583,9 @@ def _helper_main(plan: WorkerPlan, connection: Any) -> None:
         shared = _join_study(plan)
         worker = _Worker(plan, where, shared, mlflow.MlflowClient())
         worker.run()
-        connection.send(("done", worker.mine))
+        connection.send(("done", worker.finished_here))
     except KeyboardInterrupt:
-        connection.send(("interrupted", worker.mine if worker else []))
+        connection.send(("interrupted", worker.finished_here if worker else []))
     except WinequalityError as exc:
         connection.send(("error", type(exc).__name__, str(exc), exc.exit_code))
     except BaseException:

@@ -13,6 +13,19 @@ from typing import Any
 
 from winequality.errors import TrackingError, first_line
 
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "SWEEP_EXPERIMENT",
+    "TRAIN_EXPERIMENT",
+    "connect",
+    "describe",
+    "is_creation_race",
+    "preflight",
+    "redact",
+    "resolve_uri",
+    "use_experiment",
+]
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRAIN_EXPERIMENT = "experiment_signature"  # the tutorial's
 SWEEP_EXPERIMENT = "winequality-sweep"
@@ -101,6 +114,16 @@ def preflight(uri: str, timeout: float = 5.0, *, create: bool = True) -> None:
         )
 
 
+def _absolute(uri: str) -> str:
+    """A relative SQLite file pinned to the current folder: MLflow caches stores by URI text,
+    so `sqlite:///mlflow.db` must not mean another folder's file later in the process."""
+    if uri.lower().startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///") :]
+        if path and path != ":memory:" and not Path(path).is_absolute():
+            return f"sqlite:///{Path(path).expanduser().resolve()}"
+    return uri
+
+
 def _no_store(uri: str) -> str:
     return (
         f"no MLflow tracking store at {describe(uri)}; run `winequality train` or "
@@ -120,7 +143,7 @@ def connect(explicit: str | None = None, *, create: bool = True) -> str:
     uri = resolve_uri(explicit)
     preflight(uri, create=create)
     try:
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(_absolute(uri))
         mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as exc:
         first = first_line(exc)
@@ -139,7 +162,7 @@ def use_experiment(name: str) -> Any:
     from mlflow.environment_variables import MLFLOW_RUN_ID
     from mlflow.exceptions import MlflowException
 
-    project_run = MLFLOW_RUN_ID.get()
+    project_run = os.environ.get(MLFLOW_RUN_ID.name)
     if project_run:
         experiment_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
         return mlflow.set_experiment(experiment_id=experiment_id)

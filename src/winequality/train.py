@@ -26,6 +26,18 @@ from winequality.evaluate import regression_metrics
 from winequality.model import elasticnet
 from winequality.schema import FeatureIssue
 
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_TAGS",
+    "ExperimentInfo",
+    "TrainConfig",
+    "TrainResult",
+    "autolog_metrics",
+    "autolog_params",
+    "autolog_tags",
+    "train",
+]
+
 DEFAULT_EXPERIMENT = tracking.TRAIN_EXPERIMENT
 DEFAULT_TAGS: Mapping[str, str] = {
     "engineering": "ML platform",

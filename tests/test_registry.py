@@ -1,0 +1,73 @@
+"""The registry: the gate's rule as a pure function, listing that names its store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from winequality import registry
+from winequality.errors import NotFoundError, TrackingError
+from winequality.registry import decide
+
+
+def test_the_first_version_becomes_champion() -> None:
+    d = decide("m", "1", 0.7, None, None)
+    assert (d.alias, d.previous_version, d.reason) == (
+        "champion",
+        None,
+        "first version: no champion yet",
+    )
+
+
+def test_a_better_version_takes_the_champion_alias() -> None:
+    d = decide("m", "3", 0.60, "2", 0.65)
+    assert (d.alias, d.previous_version, d.previous_score) == ("champion", "2", 0.65)
+    assert d.reason == "rmse 0.6000 beats champion v2 (0.6500) on the same held-out rows"
+
+
+@pytest.mark.parametrize("score", [0.65, 0.70])
+def test_a_version_that_does_not_beat_it_is_challenger(score) -> None:
+    d = decide("m", "3", score, "2", 0.65)
+    assert d.alias == "challenger"
+    assert "does not beat champion v2" in d.reason
+
+
+def test_force_and_already_champion() -> None:
+    forced = decide("m", "3", 0.9, "2", 0.65, force=True)
+    assert forced.alias == "champion"
+    assert forced.reason.startswith("--force: replaces v2")
+    same = decide("m", "2", 0.65, "2", None)
+    assert (same.alias, same.previous_version) == ("champion", None)
+
+
+def test_a_champion_without_a_score_is_a_bug_not_a_decision() -> None:
+    with pytest.raises(ValueError, match="needs its score"):
+        decide("m", "3", 0.6, "2", None)
+
+
+def test_listing_a_model_that_is_not_there_names_the_store(workdir, tracking_uri) -> None:
+    mlflow.MlflowClient(tracking_uri).search_experiments()  # the store exists, empty
+    with pytest.raises(NotFoundError) as caught:
+        registry.list_versions("wine-quality", tracking_uri)
+    message = str(caught.value)
+    assert tracking_uri in message
+    assert "--tracking-uri" in message
+    assert "winequality sweep" in message
+
+
+def test_listing_in_a_folder_without_a_store_creates_none(workdir) -> None:
+    with pytest.raises(TrackingError, match=r"no MLflow tracking store at sqlite:///mlflow\.db"):
+        registry.list_versions()
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_listing_escapes_the_name_and_sorts_newest_first(trained_model) -> None:
+    mlflow.set_tracking_uri(trained_model.tracking_uri)
+    client = mlflow.MlflowClient()
+    name = "o'brien's wine"
+    client.create_registered_model(name)
+    for _ in range(2):
+        client.create_model_version(name, trained_model.model_uri)
+    client.set_registered_model_alias(name, "champion", "1")
+    versions = registry.list_versions(name, trained_model.tracking_uri)
+    assert [(v.version, v.aliases) for v in versions] == [("2", []), ("1", ["champion"])]
