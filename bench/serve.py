@@ -23,7 +23,6 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "winequality-red.csv"
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open("{body}"):read("*a")
@@ -84,7 +83,7 @@ def run_wrk(port: int, script: Path, connections: int, seconds: int) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", default=None, help="a CSV; default: the shipped red data")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -104,7 +103,7 @@ def main() -> None:
     from winequality.train import TrainConfig, train
 
     os.chdir(work)
-    result = train(TrainConfig(data=str(args.data), tracking_uri=uri, output_dir=None))
+    result = train(TrainConfig(data=args.data, tracking_uri=uri, output_dir=None))
     frame = load(args.data).frame[list(FEATURE_NAMES)]
     bodies = {}
     for rows in (1, 10_000):

@@ -1,17 +1,21 @@
-"""Sweep speed and model quality, each against its anchor in the same run.
+"""Sweep speed (cold CLI processes, end to end) and model quality, each against its anchor.
 
-1. Speed: a 100-trial ElasticNet sweep (5-fold grouped CV, every trial a child run in SQLite)
-   against 100 x one seed-style run (bench/seed_baseline.py, timed here once).
-2. Quality: the honest (grouped) CV RMSE of the best model of each family, and under random
-   folds the MAD (= MAE) of the best family against Cortez et al.'s best for red wine
-   (SVM, MAD 0.46).
-Usage: uv run python bench/sweep.py [--trials 100] [--family-trials 25] [--jobs 2]
+1. Speed, the headline: `winequality sweep --trials 100` exactly as a user runs it (a fresh
+   process, default stores in a fresh folder, registration on), with `--jobs 1` and `--jobs 2`,
+   on the default journal storage and on SQLite; against
+   - the floor: the same 500 cross-validation fits (100 trials x 5 grouped folds, the same
+     parameters) with no tracking, in one process;
+   - 100 x one tutorial-style run (bench/seed_baseline.py, one timed, multiplied).
+2. Quality: the best of N TPE trials per family, CV RMSE under grouped and random folds on the
+   75 % training split, and RMSE on held-out rows that share no wine with the training rows.
+Usage: uv run python bench/sweep.py [--trials 100] [--family-trials 25] [--skip-quality]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,102 +23,162 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parents[1] / "shared" / "data" / "winequality-red.csv"
-SEED_DATA = HERE.parents[1] / "shared" / "data" / "red-wine-quality.csv"
 CORTEZ_SVM_MAD_RED = 0.46
+FAMILIES = ("elasticnet", "svr", "random-forest", "extra-trees", "hist-gradient-boosting")
+
+
+def winequality() -> str:
+    return shutil.which("winequality") or str(Path(sys.executable).with_name("winequality"))
+
+
+def cold_sweep(root: Path, name: str, *flags: str) -> tuple[float, Path]:
+    """One `winequality sweep` in a fresh folder (default stores there); seconds, folder."""
+    folder = root / name
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
+    start = time.perf_counter()
+    subprocess.run(
+        [winequality(), "sweep", *flags],
+        cwd=folder,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start, folder
+
+
+def floor(params: list[dict[str, float]]) -> float:
+    """The same CV fits with no tracking at all: the work a sweep cannot avoid."""
+    from winequality import data, evaluate, model, schema
+
+    frame = data.load().frame
+    train, _ = evaluate.holdout_split(frame)
+    folds = evaluate.make_folds(train, "grouped", folds=5)
+    x = train[list(schema.FEATURE_NAMES)].to_numpy()
+    y = train[schema.TARGET.name].to_numpy()
+    family = model.family("elasticnet")
+    start = time.perf_counter()
+    for p in params:
+        evaluate.cross_validate(lambda p=p: family.build(p), x, y, folds)
+    return time.perf_counter() - start
+
+
+def trial_params(folder: Path, storage: str, study: str) -> list[dict[str, float]]:
+    import optuna
+
+    from winequality.studies import open_storage
+
+    loaded = optuna.load_study(study_name=study, storage=open_storage(str(folder / storage)))
+    return [t.params for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def tutorial_run(root: Path) -> float:
+    from train import tutorial_csv  # bench/train.py
+
+    data = tutorial_csv(root)
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(HERE / "seed_baseline.py"), str(data), str(root / "tutorial")],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - start
+
+
+def speed(root: Path, trials: int) -> None:
+    common = ["--trials", str(trials)]
+    runs = {
+        "--jobs 1 (journal)": cold_sweep(root, "j1", *common, "--jobs", "1"),
+        "--jobs 2 (journal)": cold_sweep(root, "j2", *common, "--jobs", "2"),
+        "--jobs 1 (SQLite)": cold_sweep(
+            root, "s1", *common, "--jobs", "1", "--storage", "sqlite:///optuna.db"
+        ),
+        "--jobs 2 (SQLite)": cold_sweep(
+            root, "s2", *common, "--jobs", "2", "--storage", "sqlite:///optuna.db"
+        ),
+    }
+    params = trial_params(runs["--jobs 1 (journal)"][1], "optuna.journal", "elasticnet-grouped")
+    floor_seconds = floor(params)
+    tutorial = tutorial_run(root) * trials
+    one = runs["--jobs 1 (journal)"][0]
+    print(
+        f"speed: `winequality sweep --trials {trials}` (ElasticNet, 5-fold grouped CV, every trial "
+        f"a child run, registration on), cold process, {os.cpu_count()} cores"
+    )
+    print(f"{'what':44} {'seconds':>8} {'x floor':>8} {'x jobs 1':>9} {'x tutorial':>11}")
+    rows = [(f"{trials} x one tutorial-style run (1 timed)", tutorial)]
+    rows += [(f"winequality sweep {name}", seconds) for name, (seconds, _) in runs.items()]
+    rows.append((f"floor: the same {len(params) * 5} CV fits, no tracking", floor_seconds))
+    for name, seconds in rows:
+        print(
+            f"{name:44} {seconds:8.2f} {seconds / floor_seconds:8.1f} {seconds / one:9.2f} "
+            f"{seconds / tutorial:11.4f}"
+        )
+    print(f"--jobs 2 is {one / runs['--jobs 2 (journal)'][0]:.2f}x faster than --jobs 1")
+
+
+def quality(root: Path, trials: int, family_trials: int) -> None:
+    from winequality.sweep import SweepConfig, run_sweep
+
+    store = f"sqlite:///{root / 'quality.db'}"
+    print()
+    print(
+        f"quality: best of {family_trials} TPE trials per family (ElasticNet: {trials}), 5-fold "
+        f"CV on the 75% training split; test = held-out rows sharing no wine with training"
+    )
+    print(
+        f"{'family':24} {'grouped CV RMSE':>16} {'random CV RMSE':>15} {'random CV MAD':>14} "
+        f"{'test RMSE':>10}"
+    )
+    best = {}
+    for family in FAMILIES:
+        n = trials if family == "elasticnet" else family_trials
+        base = {
+            "family": family,
+            "trials": n,
+            "jobs": 2,
+            "tracking_uri": store,
+            "storage": str(root / "quality.journal"),
+            "register": False,
+        }
+        grouped = run_sweep(SweepConfig(**base, study=f"{family}-grouped"))
+        randomised = run_sweep(SweepConfig(**base, protocol="random", study=f"{family}-random"))
+        assert grouped.final is not None
+        row = (
+            grouped.best_cv["rmse"],
+            randomised.best_cv["rmse"],
+            randomised.best_cv["mae"],
+            grouped.final.test_metrics["rmse"],
+        )
+        best[family] = row
+        print(f"{family:24} {row[0]:16.4f} {row[1]:15.4f} {row[2]:14.4f} {row[3]:10.4f}")
+    top = min(best, key=lambda f: best[f][0])
+    mad = min(r[2] for r in best.values())
+    print(
+        f"best family (grouped): {top}, CV RMSE {best[top][0]:.4f}; lowest random-fold MAD "
+        f"{mad:.4f} vs Cortez et al. SVM {CORTEZ_SVM_MAD_RED} "
+        f"(ratio {mad / CORTEZ_SVM_MAD_RED:.2f})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--family-trials", type=int, default=25)
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
-    os.chdir(work)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"
+    sys.path.insert(0, str(HERE))
+    from train import compile_bytecode  # bench/train.py: the same fair start for every process
 
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, str(HERE / "seed_baseline.py"), str(SEED_DATA), str(work / "seed")],
-        check=True,
-        capture_output=True,
-    )
-    seed_run = time.perf_counter() - start
-
-    from winequality.sweep import SweepConfig, run_sweep
-
-    tracking = f"sqlite:///{work / 'mlflow.db'}"
-    storage = f"sqlite:///{work / 'optuna.db'}"
-    base = {"data": str(DATA), "tracking_uri": tracking, "storage": storage, "register": False}
-    run_sweep(SweepConfig(**base, trials=2, study="warm-up"))  # schema creation, imports
-    start = time.perf_counter()
-    result = run_sweep(SweepConfig(**base, trials=args.trials, jobs=args.jobs, study="speed"))
-    sweep = time.perf_counter() - start
-    print(
-        f"speed: {args.trials}-trial ElasticNet sweep, 5-fold grouped CV, children in SQLite, "
-        f"{args.jobs} jobs, {os.cpu_count()} cores"
-    )
-    print(f"{'what':44} {'seconds':>9} {'ratio':>8}")
-    print(
-        f"{f'{args.trials} x one seed-style run (1 timed)':44} {seed_run * args.trials:9.1f} "
-        f"{1.0:8.2f}"
-    )
-    print(
-        f"{'winequality sweep (incl. refit + test)':44} {sweep:9.1f} "
-        f"{sweep / (seed_run * args.trials):8.4f}  ({seed_run * args.trials / sweep:.0f}x "
-        f"faster)"
-    )
-    print(f"best ElasticNet: CV RMSE {result.best_cv['rmse']:.4f} (grouped), {result.best_params}")
-    print()
-    print(
-        f"quality: best of {args.family_trials} TPE trials per family (ElasticNet: the "
-        f"{args.trials} above), 5-fold CV on the 75% training split"
-    )
-    print(
-        f"{'family':24} {'grouped CV RMSE':>16} {'random CV RMSE':>15} {'random CV MAD':>14} "
-        f"{'test RMSE':>10}"
-    )
-    rows = {}
-    for family in ("elasticnet", "svr", "random-forest", "extra-trees", "hist-gradient-boosting"):
-        trials = args.trials if family == "elasticnet" else args.family_trials
-        grouped = (
-            result
-            if family == "elasticnet"
-            else run_sweep(
-                SweepConfig(
-                    **base, family=family, trials=trials, jobs=args.jobs, study=f"{family}-grouped"
-                )
-            )
-        )
-        randomised = run_sweep(
-            SweepConfig(
-                **base,
-                family=family,
-                trials=trials,
-                jobs=args.jobs,
-                protocol="random",
-                study=f"{family}-random",
-            )
-        )
-        rows[family] = (
-            grouped.best_cv["rmse"],
-            randomised.best_cv["rmse"],
-            randomised.best_cv["mae"],
-            grouped.test_metrics.get("rmse", float("nan")),
-        )
-        print(
-            f"{family:24} {rows[family][0]:16.4f} {rows[family][1]:15.4f} "
-            f"{rows[family][2]:14.4f} {rows[family][3]:10.4f}"
-        )
-    best = min(rows, key=lambda f: rows[f][0])
-    best_mad = min(rows.values(), key=lambda r: r[2])[2]
-    print(
-        f"best family (grouped): {best}, CV RMSE {rows[best][0]:.4f}; lowest random-fold MAD "
-        f"{best_mad:.4f} vs Cortez et al. SVM {CORTEZ_SVM_MAD_RED} "
-        f"(ratio {best_mad / CORTEZ_SVM_MAD_RED:.2f})"
-    )
+    compile_bytecode()
+    root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    try:
+        speed(root, args.trials)
+        if not args.skip_quality:
+            quality(root, args.trials, args.family_trials)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

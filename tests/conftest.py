@@ -197,3 +197,10 @@ def wait_for(
         except httpx.HTTPError:
             time.sleep(0.2)
     raise AssertionError("server did not start")
+
+
+def close_pipes(process: subprocess.Popen) -> None:
+    """Close what the test opened to talk to a process (no ResourceWarning at exit)."""
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from winequality.schema import FEATURE_NAMES
 from winequality.serve import create_app
 
-from .conftest import ServerThread, free_port, wait_for
+from .conftest import ServerThread, close_pipes, free_port, wait_for
 
 COLUMNS = list(FEATURE_NAMES)
 ALLOWED_STATUSES = {200, 400, 413, 415, 422}
@@ -369,6 +369,7 @@ def test_same_answers_as_mlflows_own_scoring_server(trained_model, wines, client
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        close_pipes(process)
 
 
 @pytest.mark.slow
@@ -420,6 +421,8 @@ def test_cli_serve_finishes_in_flight_requests_on_sigterm(trained_model, wines) 
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait()
+        close_pipes(process)
 
 
 def test_cli_serve_refuses_a_bad_model_uri_with_exit_2(trained_model) -> None:
@@ -479,3 +482,4 @@ def test_cli_serve_with_two_workers(trained_model, wines, mlflow_pyfunc) -> None
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        close_pipes(process)

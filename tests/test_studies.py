@@ -31,12 +31,11 @@ def space(trial) -> dict:
 
 def test_storages_open_by_url_and_fail_in_one_line(storage_url, tmp_path) -> None:
     storage = studies.open_storage(storage_url)
-    expected = (
-        optuna.storages.RDBStorage
-        if studies.is_rdb(storage_url)
-        else optuna.storages.JournalStorage
-    )
-    assert isinstance(storage, expected)
+    if studies.is_rdb(storage_url):  # a database can drop away: its storage retries
+        assert isinstance(storage, studies.RetryingStorage)
+        assert isinstance(storage.inner, optuna.storages.RDBStorage)
+    else:
+        assert isinstance(storage, optuna.storages.JournalStorage)
     with pytest.raises(TrackingError, match="cannot open the Optuna storage"):
         studies.open_storage("nosuch://x")
     with pytest.raises(TrackingError, match=r"postgresql://u:\*\*\*@127"):
@@ -115,3 +114,32 @@ def test_a_grid_is_walked_without_study_stop(tmp_path) -> None:
         values.append(trial.suggest_float("x", 0.0, 1.0))
         shared.study.tell(trial, 1.0)  # the last one exhausts the grid: no study.stop() raised
     assert sorted(values) == [0.0, 0.5, 1.0]
+
+
+def test_a_database_that_drops_away_is_waited_out(tmp_path, monkeypatch) -> None:
+    import sqlalchemy.exc
+
+    inner = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
+    storage = studies.RetryingStorage(inner, patience=10)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+    trial_id = storage.create_new_trial(study_id)
+    real = inner.set_trial_state_values
+    outage = {"left": 2}
+
+    def flaky(*args, **kwargs):
+        if outage["left"]:
+            outage["left"] -= 1
+            if outage["left"] == 0:  # the write lands, but the answer is lost
+                real(*args, **kwargs)
+            raise sqlalchemy.exc.OperationalError("UPDATE", {}, ConnectionResetError())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inner, "set_trial_state_values", flaky)
+    assert storage.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, [1.0])
+    assert inner.get_trial(trial_id).state == optuna.trial.TrialState.COMPLETE
+    monkeypatch.setattr(
+        inner, "get_all_trials", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug"))
+    )
+    with pytest.raises(ValueError, match="a bug"):  # not transient: raised at once
+        storage.get_all_trials(study_id)

@@ -286,8 +286,19 @@ def test_mlflow_run_runs_the_projects_sweep_entry_point(workdir) -> None:
         "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
+    storage = ("-P", f"storage={workdir / 'optuna.journal'}")  # not in the project's folder
     done = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(root), "-e", "sweep", *MLFLOW_RUN_ARGS],
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(root),
+            "-e",
+            "sweep",
+            *MLFLOW_RUN_ARGS,
+            *storage,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -295,7 +306,8 @@ def test_mlflow_run_runs_the_projects_sweep_entry_point(workdir) -> None:
         env=env,
     )
     assert done.returncode == 0, done.stderr
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    store = env["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     (project,) = client.search_runs(
         [client.get_experiment_by_name("Default").experiment_id],
         filter_string="tags.`mlflow.project.entryPoint` = 'sweep'",

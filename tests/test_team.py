@@ -1,11 +1,16 @@
-"""Team scale: an MLflow tracking server on PostgreSQL and two sweep workers sharing a study."""
+"""Team scale: an MLflow tracking server on PostgreSQL and two sweep workers sharing a study,
+with and without the database dropping away in the middle of the sweep."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,38 +19,117 @@ import mlflow
 import optuna
 import pytest
 
-from .conftest import free_port, tier_unavailable, wait_for
+from .conftest import close_pipes, free_port, tier_unavailable, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+HOST, PORT = "127.0.0.1", 5432
+
+
+class Proxy:
+    """A TCP proxy the test owns, in front of PostgreSQL; `cut()` drops every connection and
+    refuses new ones for a while, as a network or database outage would."""
+
+    def __init__(self, port: int) -> None:
+        self.target = (HOST, port)
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.down_until = 0.0
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.down_until:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)  # connections idle in a pool for as long as they like
+            with self.lock:
+                self.open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                self._close(s)
+
+    def _close(self, s: socket.socket) -> None:
+        with self.lock:
+            self.open.discard(s)
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
+
+    def cut(self, seconds: float) -> None:
+        self.down_until = time.monotonic() + seconds
+        self.cuts += 1
+        with self.lock:
+            doomed = list(self.open)
+        for s in doomed:
+            self._close(s)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut(0)
 
 
 @pytest.fixture
-def databases() -> Iterator[tuple[str, str]]:
-    """Two throwaway databases (MLflow's and Optuna's), dropped afterwards."""
+def server() -> str:
+    """PostgreSQL as a URL prefix (user postgres, trust auth), or the tier is unavailable."""
     import psycopg
 
-    names = [f"wq_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")]
     try:
-        admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=5)
+        psycopg.connect(f"postgresql://postgres@{HOST}:{PORT}/postgres", connect_timeout=5).close()
     except psycopg.OperationalError as exc:
         tier_unavailable(
             "postgres",
-            f"no PostgreSQL server at 127.0.0.1:5432 ({str(exc).strip().splitlines()[0]})",
+            f"no PostgreSQL server at {HOST}:{PORT} ({str(exc).strip().splitlines()[0]})",
             "start one with trust auth for user postgres (Debian: apt-get install postgresql)",
         )
+    return f"postgresql://postgres@{HOST}:{PORT}"
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    owned = Proxy(PORT)
+    yield owned
+    owned.close()
+
+
+@pytest.fixture
+def databases(server: str) -> Iterator[tuple[str, str]]:
+    """Two throwaway databases (MLflow's and Optuna's) by name, dropped afterwards."""
+    import psycopg
+
+    names = [f"wq_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")]
+    admin = psycopg.connect(f"{server}/postgres", autocommit=True)
     with admin.cursor() as cursor:
         for name in names:
             cursor.execute(f'CREATE DATABASE "{name}"')
-    yield f"{SERVER}/{names[0]}", f"{SERVER}/{names[1]}"
+    yield names[0], names[1]
     with admin.cursor() as cursor:
         for name in names:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
 
 
-@pytest.fixture
-def tracking_server(databases, tmp_path) -> Iterator[str]:
+def start_tracking_server(database_url: str, artifacts: Path) -> tuple[str, subprocess.Popen]:
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     process = subprocess.Popen(
@@ -55,11 +139,11 @@ def tracking_server(databases, tmp_path) -> Iterator[str]:
             "mlflow",
             "server",
             "--backend-store-uri",
-            databases[0],
+            database_url,
             "--artifacts-destination",
-            str(tmp_path / "artifacts"),
+            str(artifacts),
             "--host",
-            "127.0.0.1",
+            HOST,
             "--port",
             str(port),
             "--workers",
@@ -70,74 +154,117 @@ def tracking_server(databases, tmp_path) -> Iterator[str]:
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url, process, timeout=180, path="/health")
-        yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
+    url = f"http://{HOST}:{port}"
+    wait_for(url, process, timeout=180, path="/health")
+    return url, process
 
 
-def test_two_workers_share_one_study_and_one_tracking_server(
-    databases, tracking_server, red_csv, tmp_path
-) -> None:
-    trials, study = 12, "team"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server}
-    command = [
-        str(Path(sys.executable).with_name("winequality")),
-        "sweep",
-        "--data",
-        str(red_csv),
-        "--trials",
-        str(trials),
-        "--folds",
-        "3",
-        "--study",
-        study,
-        "--storage",
-        databases[1],
-    ]
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # its uvicorn may wait on a dead pool: end it
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+    close_pipes(process)
+
+
+def run_team(
+    tracking: str, storage: str, study: str, trials: int, cwd: Path, during=None
+) -> list[tuple[str, str]]:
+    """Two `winequality sweep` processes on one study; `during(study_storage)` runs meanwhile."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    command = [str(Path(sys.executable).with_name("winequality")), "sweep"]
+    command += ["--trials", str(trials), "--folds", "3", "--study", study, "--storage", storage]
     workers = [
         subprocess.Popen(
-            command,
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for _ in range(2)
     ]
+    if during is not None:
+        during()
     outputs = [w.communicate(timeout=600) for w in workers]
     for worker, (_out, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err
-    assert sum("Registered wine-quality" in out for out, _ in outputs) == 1  # one finalizer
+    return outputs
 
-    loaded = optuna.load_study(study_name=study, storage=databases[1])
+
+def check_study(tracking: str, storage: str, study: str, trials: int, outputs) -> None:
+    """Exactly N finished trials, N trial runs, no parameter set twice, one champion."""
+    assert sum("Registered wine-quality" in out for out, _ in outputs) == 1  # one finalizer
+    for out, _ in outputs:
+        assert "View run" not in out  # one link to the parent, not one per trial
+        assert "View the sweep at http://" in out
+    rdb = optuna.storages.RDBStorage(storage)
+    loaded = optuna.load_study(study_name=study, storage=rdb)
+    rdb.remove_session()
+    rdb.engine.dispose()
     complete = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == trials
+    assert not [t for t in loaded.trials if t.state == optuna.trial.TrialState.RUNNING]
 
-    client = mlflow.MlflowClient(tracking_server)
+    client = mlflow.MlflowClient(tracking)
     experiment = client.get_experiment_by_name("winequality-sweep")
     children = client.search_runs(
         [experiment.experiment_id],
-        filter_string=(
-            f"tags.`winequality.study` = '{study}' and tags.`winequality.role` = 'trial'"
-        ),
+        filter_string=f"tags.`winequality.study` = '{study}' and tags.`winequality.role` = 'trial'",
     )
     numbers = sorted(int(r.data.tags["winequality.trial"]) for r in children)
-    assert numbers == sorted(t.number for t in complete)  # N runs, no duplicates
+    assert numbers == sorted(t.number for t in complete)  # N runs, none twice
+    drawn = [tuple(sorted(r.data.params.items())) for r in children]
+    assert len(set(drawn)) == len(drawn) == trials  # no parameter set drawn twice
     assert len({r.data.tags["winequality.worker"] for r in children}) == 2  # both worked
     parents = client.search_runs(
         [experiment.experiment_id],
-        filter_string=(
-            f"tags.`winequality.study` = '{study}' and tags.`winequality.role` = 'sweep'"
-        ),
+        filter_string=f"tags.`winequality.study` = '{study}' and tags.`winequality.role` = 'sweep'",
     )
     assert len(parents) == 1
+    assert parents[0].info.status == "FINISHED"
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     versions = client.search_model_versions("name = 'wine-quality'")
     assert len(versions) == 1
-    assert client.get_model_version_by_alias("wine-quality", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("wine-quality", "champion").version) == "1"
+
+
+def test_two_workers_share_one_study_and_one_tracking_server(server, databases, tmp_path) -> None:
+    trials, study = 30, "team"
+    tracking, process = start_tracking_server(f"{server}/{databases[0]}", tmp_path / "a")
+    try:
+        storage = f"{server}/{databases[1]}"
+        outputs = run_team(tracking, storage, study, trials, tmp_path)
+        check_study(tracking, storage, study, trials, outputs)
+    finally:
+        stop(process)
+
+
+def test_the_team_waits_out_a_database_outage(server, databases, proxy, tmp_path) -> None:
+    trials, study = 40, "outage"
+    via_proxy = f"postgresql://postgres@{HOST}:{proxy.port}"
+    tracking, process = start_tracking_server(f"{via_proxy}/{databases[0]}", tmp_path / "a")
+    storage = f"{via_proxy}/{databases[1]}"
+    direct = f"{server}/{databases[1]}"
+
+    watcher = optuna.storages.RDBStorage(direct)  # the test's own view, not through the proxy
+
+    def outage() -> None:  # in the middle of the sweep, every connection drops for 10 s
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                done = optuna.load_study(study_name=study, storage=watcher).trials
+            except KeyError:
+                done = []
+            if sum(t.state == optuna.trial.TrialState.COMPLETE for t in done) >= 8:
+                break
+            time.sleep(0.2)
+        proxy.cut(10)
+
+    try:
+        outputs = run_team(tracking, storage, study, trials, tmp_path, during=outage)
+        assert proxy.cuts == 1
+        check_study(tracking, direct, study, trials, outputs)
+    finally:
+        stop(process)
+        watcher.remove_session()
+        watcher.engine.dispose()

@@ -38,6 +38,11 @@ def test_the_tutorials_numbers_come_out(trained) -> None:
     result, _ = trained
     assert result.metrics["rmse"] == pytest.approx(0.8327, abs=1e-4)  # the tutorial's split
     assert result.metrics["r2"] == pytest.approx(0.0175, abs=1e-4)
+    assert result.test_twins == 95  # the tutorial's split leaks: 95 test wines seen in training
+    logged = mlflow.MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
+    assert logged["test_twins"] == 95
+    assert logged["unseen_rmse"] == pytest.approx(result.unseen_metrics["rmse"], abs=1e-12)
+    assert result.unseen_metrics["rmse"] != result.metrics["rmse"]
     assert (result.rows, result.duplicate_rows, result.train_rows, result.test_rows) == (
         1599,
         240,
@@ -304,6 +309,8 @@ def test_mlflow_run_runs_the_projects_train_entry_point(workdir) -> None:
             "train",
             "-P",
             "alpha=0.5",
+            "-P",
+            f"output_dir={workdir / 'data'}",  # not in the project's folder
             "--env-manager",
             "local",
         ],

@@ -224,6 +224,12 @@ def train(
         f"Data: {result.data} ({result.rows} rows, {result.duplicate_rows} exact "
         f"duplicates; split {result.train_rows} train / {result.test_rows} test)"
     )
+    unseen = result.test_rows - result.test_twins
+    out.print(
+        f"Held-out: {result.test_twins} of the {result.test_rows} test rows have an exact twin "
+        f"in training; on the {unseen} unseen rows RMSE is "
+        f"{result.unseen_metrics['rmse']:.6f} (logged as unseen_*)"
+    )
     out.print(f"[bold]Elasticnet model (alpha={alpha:f}, l1_ratio={l1_ratio:f}):[/]")
     _metrics_table(result.metrics)
     out.print(f"The artifact path is {result.artifact_uri}")

@@ -29,6 +29,7 @@ from typing import Any
 
 import optuna
 from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from winequality.errors import TrackingError, first_line
@@ -37,15 +38,19 @@ __all__ = [
     "GRACE_SECONDS",
     "HEARTBEAT_ATTR",
     "HEARTBEAT_SECONDS",
+    "OUTAGE_SECONDS",
     "GridWalk",
+    "RetryingStorage",
     "SharedStudy",
     "TrialSeededSampler",
     "is_rdb",
+    "is_transient",
     "make_sampler",
     "open_storage",
     "trial_seed",
 ]
 
+OUTAGE_SECONDS = 120.0  # how long a worker waits out a database that dropped away
 HEARTBEAT_SECONDS = 2.0
 GRACE_SECONDS = 10.0  # a RUNNING trial silent this long belongs to a dead worker
 HEARTBEAT_ATTR = "winequality.heartbeat"
@@ -74,7 +79,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             engine: dict[str, Any] = {"pool_pre_ping": True}
             if url.startswith("sqlite"):
                 engine["connect_args"] = {"timeout": 60}  # several processes write
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+            elif url.startswith("postgresql"):
+                engine["connect_args"] = {"connect_timeout": 5}
+            return RetryingStorage(optuna.storages.RDBStorage(url, engine_kwargs=engine))
         except Exception as exc:
             last = exc
             # Workers starting together race to create Optuna's tables in a new database:
@@ -86,6 +93,75 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     raise TrackingError(
         f"cannot open the Optuna storage {redact(url)}: {first_line(last)}"
     ) from last
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost or refused database connection (worth waiting out), not a wrong request."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, optuna.exceptions.StorageInternalError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(
+            exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+        )
+    return isinstance(exc, ConnectionError)
+
+
+class _Retrying(BaseStorage):
+    """Delegates every storage call, retrying with backoff while the database is away.
+
+    A team's database or network drops away for a while; workers wait (up to OUTAGE_SECONDS)
+    instead of dying. A state change retried after it had in fact been applied is recognised
+    as done.
+    """
+
+    def __init__(self, inner: BaseStorage, patience: float = OUTAGE_SECONDS) -> None:
+        self.inner, self.patience = inner, patience
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.patience
+        delay, retried = 0.5, False
+        while True:
+            try:
+                return getattr(self.inner, name)(*args, **kwargs)
+            except Exception as exc:
+                if retried and name == "set_trial_state_values" and self._already(args, kwargs):
+                    return True
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay, retried = min(delay * 2, 8.0), True
+
+    def _already(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        trial_id = kwargs.get("trial_id", args[0] if args else None)
+        state = kwargs.get("state", args[1] if len(args) > 1 else None)
+        if trial_id is None:
+            return False
+        with contextlib.suppress(Exception):
+            return bool(self.inner.get_trial(int(trial_id)).state == state)
+        return False
+
+
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: _Retrying, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+# Every public storage method, delegated with retries (the class is built from the list so
+# that a method Optuna adds is delegated too).
+RetryingStorage: type[_Retrying] = type(
+    "RetryingStorage",
+    (_Retrying,),
+    {
+        name: _delegate(name)
+        for name in dir(BaseStorage)
+        if not name.startswith("_") and callable(getattr(BaseStorage, name))
+    },
+)
 
 
 @dataclass(frozen=True)

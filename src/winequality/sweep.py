@@ -217,8 +217,8 @@ def run_sweep(
         _check_same_settings(shared, config, wine.sha256)
         parent = ensure_parent_run(client, experiment_id, shared.name, config)
         _link_project_run(client, shared.name, parent)
-        if not shared.study.user_attrs.get(FINALIZED_ATTR):
-            client.update_run(parent, status="RUNNING")  # resumed after an interruption
+        if len(shared.trials("COMPLETE")) < trial_goal:  # trials to run: the sweep is live
+            client.update_run(parent, status="RUNNING")  # (after an interruption: KILLED)
         delete_orphans(client, experiment_id, shared)
     except BaseException:
         for helper in helpers:
@@ -253,8 +253,11 @@ def run_sweep(
     cv = best.user_attrs.get("cv", {})
     final = None
     finalized_before = shared.study.user_attrs.get(FINALIZED_ATTR)
-    if finalized_before and finalized_before.get("best_trial") != best.number:
-        finalized_before = None  # a better trial since: register it
+    if finalized_before and (
+        finalized_before.get("best_trial") != best.number
+        or finalized_before.get("store") != tracking.redact(uri)
+    ):
+        finalized_before = None  # a better trial since, or another tracking store: register
     if finalized_before is None and _should_finalize(shared, mine):
         final = finalize(plan, shared, wine, train_frame, test_frame, where)
         shared.study.set_user_attr(
@@ -265,6 +268,7 @@ def run_sweep(
                 "model_uri": final.model_uri,
                 "version": final.decision.version if final.decision else None,
                 "alias": final.decision.alias if final.decision else None,
+                "store": tracking.redact(uri),
             },
         )
         client.set_terminated(parent, "FINISHED")
@@ -395,16 +399,15 @@ def trial_runs(client: Any, experiment_id: str, study: str) -> dict[int, list[st
 
 
 def delete_orphans(client: Any, experiment_id: str, shared: SharedStudy) -> None:
-    """Fail the trials of dead workers, and delete the runs of trials that never finished."""
+    """Fail the trials of dead workers, delete the runs of trials that never finished, and
+    keep one run per finished trial (a request retried through an outage can create two)."""
     shared.fail_stale_trials()
     failed = {t.number for t in shared.trials("FAIL")}
-    if not failed:
-        return
     for number, run_ids in trial_runs(client, experiment_id, shared.name).items():
-        if number in failed:
-            for run_id in run_ids:
-                with contextlib.suppress(Exception):  # another worker deleted it first
-                    client.delete_run(run_id)
+        doomed = run_ids if number in failed else sorted(run_ids)[1:]
+        for run_id in doomed:
+            with contextlib.suppress(Exception):  # another worker deleted it first
+                client.delete_run(run_id)
 
 
 def _should_finalize(shared: SharedStudy, mine: set[int]) -> bool:
