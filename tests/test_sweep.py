@@ -213,30 +213,30 @@ def test_a_killed_worker_loses_no_trial_and_logs_none_twice(red_csv, workdir) ->
 
 def test_cli_sweep_and_models(red_csv, workdir) -> None:
     cfg = config(red_csv, workdir)
-    answer = runner.invoke(
-        app,
-        [
-            "sweep",
-            "--data",
-            str(red_csv),
-            "--trials",
-            "3",
-            "--folds",
-            "3",
-            "--storage",
-            cfg.storage,
-            "--tracking-uri",
-            cfg.tracking_uri,
-        ],
-    )
+    arguments = ["sweep", "--data", str(red_csv), "--trials", "3", "--folds", "3"]
+    arguments += ["--storage", cfg.storage, "--tracking-uri", cfg.tracking_uri]
+    answer = runner.invoke(app, arguments)
     assert answer.exit_code == 0, answer.output
     assert "Registered wine-quality v1 as champion" in answer.output
-    listing = runner.invoke(
-        app, ["models", "--tracking-uri", cfg.tracking_uri], env={"COLUMNS": "200"}
-    )
+    listing = runner.invoke(app, ["models", "--tracking-uri", cfg.tracking_uri])  # piped
     assert listing.exit_code == 0
-    assert "champion" in listing.output
-    assert "elasticnet" in listing.output
+    row = next(line for line in listing.stdout.splitlines() if "champion" in line)
+    assert "elasticnet-grouped" in row  # nothing cut, even past 80 columns
+    again = runner.invoke(app, [*arguments])  # the same, finished study: says so
+    assert again.exit_code == 0
+    assert "The study is complete; its best trial was registered as wine-quality v1" in (
+        again.stdout
+    )
+    assert "study elasticnet-grouped" not in again.stderr  # no bar: nothing ran
+    timed = ["--study", "short", "--trials", "1000", "--timeout", "1"]
+    early = runner.invoke(app, [*arguments, *timed])
+    assert early.exit_code == 0
+    warning = next(line for line in early.stderr.splitlines() if line.startswith("warning:"))
+    assert warning.startswith("warning: stopped early (--timeout 1 s): ")
+    assert "of 1000 trials; the best so far is below. Resume with: winequality sweep" in warning
+    assert "--trials 1000" in warning
+    assert "--study short" in warning
+    assert "--timeout" not in warning.split("Resume with:")[1]
     bad = runner.invoke(
         app,
         [
