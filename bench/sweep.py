@@ -172,6 +172,7 @@ def main() -> None:
     from train import compile_bytecode  # bench/train.py: the same fair start for every process
 
     compile_bytecode()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as the CLI does
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     try:
         speed(root, args.trials)
