@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_EXPERIMENT",
     "DEFAULT_STORAGE",
     "FinalModel",
+    "Holdout",
     "Refit",
     "SweepConfig",
     "SweepInterrupted",
@@ -259,7 +260,7 @@ def run_sweep(
     ):
         finalized_before = None  # a better trial since, or another tracking store: register
     if finalized_before is None and _should_finalize(shared, mine):
-        final = finalize(plan, shared, wine, train_frame, test_frame, where)
+        final = finalize(plan, shared, Holdout(wine, train_frame, test_frame), where)
         shared.study.set_user_attr(
             FINALIZED_ATTR,
             {
@@ -603,6 +604,15 @@ def _helper_main(plan: WorkerPlan, connection: Any) -> None:
 
 
 @dataclass(frozen=True)
+class Holdout:
+    """The data and its split: CV runs on `train`, the final model is tested once on `test`."""
+
+    wine: wine_data.WineData
+    train: pd.DataFrame
+    test: pd.DataFrame
+
+
+@dataclass(frozen=True)
 class Refit:
     estimator: Any
     x_train: pd.DataFrame
@@ -629,18 +639,13 @@ def refit_and_test(
 
 
 def finalize(
-    plan: WorkerPlan,
-    shared: SharedStudy,
-    wine: wine_data.WineData,
-    train_frame: pd.DataFrame,
-    test_frame: pd.DataFrame,
-    where: Tracking,
+    plan: WorkerPlan, shared: SharedStudy, holdout: Holdout, where: Tracking
 ) -> FinalModel:
     """Refit the best trial, test it once, log it with its evaluation, register and gate."""
     config, family = plan.config, plan.family
     best = shared.study.best_trial
-    refit = refit_and_test(family, dict(best.params), train_frame, test_frame)
-    run_id, model_uri = log_final_run(plan, shared, wine, train_frame, test_frame, where, refit)
+    refit = refit_and_test(family, dict(best.params), holdout.train, holdout.test)
+    run_id, model_uri = log_final_run(plan, shared, holdout, where, refit)
     decision = None
     if config.register:
         decision = register_and_gate(config, family, shared.name, model_uri, best, refit)
@@ -648,13 +653,7 @@ def finalize(
 
 
 def log_final_run(
-    plan: WorkerPlan,
-    shared: SharedStudy,
-    wine: wine_data.WineData,
-    train_frame: pd.DataFrame,
-    test_frame: pd.DataFrame,
-    where: Tracking,
-    refit: Refit,
+    plan: WorkerPlan, shared: SharedStudy, holdout: Holdout, where: Tracking, refit: Refit
 ) -> tuple[str, str]:
     """The final run: params, test and CV metrics, datasets, plots, report and the model."""
     import tempfile
@@ -690,7 +689,7 @@ def log_final_run(
                 **{f"cv_{k}": v for k, v in cv["mean"].items()},
             }
         )
-        logged_model.log_datasets(wine, train_frame, test_frame)
+        logged_model.log_datasets(holdout.wine, holdout.train, holdout.test)
         with tempfile.TemporaryDirectory() as folder:
             for path in evaluation_artifacts(Path(folder), plan, shared, refit):
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
