@@ -191,13 +191,20 @@ def run_team(
     return outputs
 
 
+def unpooled(url: str) -> optuna.storages.RDBStorage:
+    """The test's own view of a study: no pool, so no connection outlives its use."""
+    from sqlalchemy.pool import NullPool
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
+
+
 def check_study(tracking: str, storage: str, study: str, trials: int, outputs) -> None:
     """Exactly N finished trials, N trial runs, no parameter set twice, one champion."""
     assert sum("Registered wine-quality" in out for out, _ in outputs) == 1  # one finalizer
     for out, _ in outputs:
         assert "View run" not in out  # one link to the parent, not one per trial
         assert "View the sweep at http://" in out
-    rdb = optuna.storages.RDBStorage(storage)
+    rdb = unpooled(storage)
     loaded = optuna.load_study(study_name=study, storage=rdb)
     rdb.remove_session()
     rdb.engine.dispose()
@@ -246,7 +253,7 @@ def test_the_team_waits_out_a_database_outage(server, databases, proxy, tmp_path
     storage = f"{via_proxy}/{databases[1]}"
     direct = f"{server}/{databases[1]}"
 
-    watcher = optuna.storages.RDBStorage(direct)  # the test's own view, not through the proxy
+    watcher = unpooled(direct)  # the test's own view, not through the proxy
 
     def outage() -> None:  # in the middle of the sweep, every connection drops for 10 s
         deadline = time.monotonic() + 300
