@@ -24,6 +24,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 import uuid
@@ -49,6 +50,7 @@ __all__ = [
     "FinalModel",
     "Holdout",
     "Refit",
+    "StopRequest",
     "SweepConfig",
     "SweepInterrupted",
     "SweepResult",
@@ -228,20 +230,23 @@ def run_sweep(
     where = Tracking(experiment_id, parent)
     for helper in helpers:
         helper.go(where)
-    worker = _Worker(plan, where, shared, client, on_trial)
-    try:
-        worker.run()
-    except KeyboardInterrupt:
-        for helper in helpers:
-            helper.stop()
-        delete_orphans(client, experiment_id, shared)
-        client.update_run(parent, status="KILLED")  # the UI shows it stopped; resume revives
-        kept = len(shared.trials("COMPLETE"))
-        raise SweepInterrupted(shared.name, kept, trial_goal) from None
-    except BaseException:
-        for helper in helpers:
-            helper.stop()
-        raise
+    with StopRequest() as stop:
+        worker = _Worker(plan, where, shared, client, stop, on_trial)
+        try:
+            worker.run()
+        except KeyboardInterrupt:  # a second Ctrl+C: at once
+            stop.requested = True
+        except BaseException:
+            for helper in helpers:
+                helper.interrupt()
+            raise
+        if stop.requested:
+            for helper in helpers:
+                helper.interrupt()
+            delete_orphans(client, experiment_id, shared)
+            client.update_run(parent, status="KILLED")  # the UI shows it stopped; resume revives
+            kept = len(shared.trials("COMPLETE"))
+            raise SweepInterrupted(shared.name, kept, trial_goal)
     mine = set(worker.finished_here)
     for helper in helpers:
         mine |= helper.finish()  # raises a helper's error here
@@ -427,6 +432,29 @@ def _should_finalize(shared: SharedStudy, mine: set[int]) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+class StopRequest:
+    """Ctrl+C ends a worker between trials: the running trial finishes (its run logged and its
+    state told), so nothing is left RUNNING. A second Ctrl+C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
 class _Worker:
     """The ask → cross-validate → log → tell loop of one process."""
 
@@ -436,15 +464,16 @@ class _Worker:
         where: Tracking,
         shared: SharedStudy,
         client: Any,
+        stop: StopRequest,
         on_trial: Callable[[TrialEvent], None] | None = None,
     ) -> None:
         self.plan, self.where, self.shared, self.client = plan, where, shared, client
-        self.on_trial = on_trial
+        self.stop, self.on_trial = stop, on_trial
         self.finished_here: list[int] = []
         self.worker_id = uuid.uuid4().hex[:8]
 
     def run(self) -> None:
-        while self._step():
+        while not self.stop.requested and self._step():
             pass
 
     def _step(self) -> bool:
@@ -549,15 +578,17 @@ class _Helper:
             self.connection.send(None)
         self.process.join(timeout=30)
 
-    def stop(self) -> None:
-        """End the helper now, as Ctrl+C would: it fails its running trial and reports."""
-        self.process.join(timeout=0.5)  # a Ctrl+C at the terminal reached it already
+    def interrupt(self) -> set[int]:
+        """Stop the helper as Ctrl+C does (after its running trial); the trials it finished."""
+        self.process.join(timeout=0.5)  # a Ctrl+C at the terminal may have reached it already
         if self.process.is_alive() and self.process.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGINT)
-        self.process.join(timeout=30)
-        if self.process.is_alive():
+        if not self.connection.poll(60):  # a trial is never that long: the helper is stuck
             self.process.kill()
+        with contextlib.suppress(Exception):
+            return self.finish()
+        return set()
 
     def finish(self) -> set[int]:
         """Wait for the helper; the trials it finished, or its error raised here."""
@@ -576,26 +607,28 @@ class _Helper:
 
 
 def _helper_main(plan: WorkerPlan, connection: Any) -> None:
-    where = connection.recv()
-    if where is None:
-        return
-    worker = None
-    try:
-        tracking.connect(plan.config.tracking_uri)
-        import mlflow
+    with StopRequest() as stop:
+        where = connection.recv()
+        if where is None:
+            return
+        worker = None
+        try:
+            tracking.connect(plan.config.tracking_uri)
+            import mlflow
 
-        shared = _join_study(plan)
-        worker = _Worker(plan, where, shared, mlflow.MlflowClient())
-        worker.run()
-        connection.send(("done", worker.finished_here))
-    except KeyboardInterrupt:
-        connection.send(("interrupted", worker.finished_here if worker else []))
-    except WinequalityError as exc:
-        connection.send(("error", type(exc).__name__, str(exc), exc.exit_code))
-    except BaseException:
-        connection.send(("error", None, traceback.format_exc(), 1))
-    finally:
-        connection.close()
+            shared = _join_study(plan)
+            worker = _Worker(plan, where, shared, mlflow.MlflowClient(), stop)
+            worker.run()
+            outcome = "interrupted" if stop.requested else "done"
+            connection.send((outcome, worker.finished_here))
+        except KeyboardInterrupt:
+            connection.send(("interrupted", worker.finished_here if worker else []))
+        except WinequalityError as exc:
+            connection.send(("error", type(exc).__name__, str(exc), exc.exit_code))
+        except BaseException:
+            connection.send(("error", None, traceback.format_exc(), 1))
+        finally:
+            connection.close()
 
 
 # ---------------------------------------------------------------------------------------------
