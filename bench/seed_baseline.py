@@ -1,4 +1,4 @@
-"""The seed script's work with plain MLflow defaults: the anchor for bench/train.py.
+"""The tutorial script's work with plain MLflow defaults: the anchor for bench/train.py.
 
 Same calls as the user's tutorial, with only what current MLflow needs to run:
 the tracking URI points at SQLite and the data path is an argument. Its mistakes (target among
