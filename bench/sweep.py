@@ -174,6 +174,7 @@ def main() -> None:
     compile_bytecode()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as the CLI does
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    os.chdir(root)  # MLflow puts artifacts (./mlruns) beside the current folder
     try:
         speed(root, args.trials)
         if not args.skip_quality:
