@@ -69,12 +69,14 @@ class Decoded:
     frame: pd.DataFrame | None  # the rows as given (all columns), if asked for
     row_label: str  # how problems cite rows: "line" (CSV files) or "row" (0-based)
     row_offset: int
+    what: str  # what the input is called in messages: a path, "standard input", "the body"
 
-    def raise_for_errors(self, what: str) -> None:
+    def raise_for_errors(self, what: str | None = None) -> None:
+        """SchemaError listing every problem, if any (`what` renames the input)."""
         if not self.validation.ok:
             raise SchemaError(
                 self.validation.errors,
-                what=what,
+                what=what or self.what,
                 row_label=self.row_label,
                 row_offset=self.row_offset,
             )
@@ -119,7 +121,7 @@ def decode(
     else:
         raise DataError(f"unsupported media type {media_type!r}; use {', '.join(MEDIA_TYPES)}")
     checked = schema.validate_columns(frame, unknown="warn", allow_out_of_range=allow_out_of_range)
-    return Decoded(checked, frame if keep_frame else None, label, offset)
+    return Decoded(checked, frame if keep_frame else None, label, offset, what)
 
 
 STDIO = Path("-")  # `--input -` / `--output -`: standard input or output, as Unix tools do
@@ -175,7 +177,7 @@ def _decode_json(
             payload = {"dataframe_split": {"columns": payload["columns"], "data": payload["data"]}}
     checked = parse_payload(payload, allow_out_of_range=allow_out_of_range)
     frame = _payload_frame(payload) if keep_frame else None
-    return Decoded(checked, frame, "row", 0)
+    return Decoded(checked, frame, "row", 0, what)
 
 
 def _payload_frame(payload: dict[str, Any]) -> pd.DataFrame:

@@ -161,13 +161,12 @@ def predict_file(
     decoded = codecs.decode_file(input_path, allow_out_of_range=allow_out_of_range)
     frame = decoded.frame
     assert frame is not None  # decode_file keeps the input's columns
-    what = "standard input" if input_path == codecs.STDIO else str(input_path)
     if id_column is not None and id_column not in frame.columns:
         raise SchemaError(
             [FeatureIssue("missing_column", id_column, "the --id-column is not in the input")],
-            what=what,
+            what=decoded.what,
         )
-    decoded.raise_for_errors(what)
+    decoded.raise_for_errors()
     if output_path == codecs.STDIO:
         output_path = None
     if output_path is not None:

@@ -35,7 +35,6 @@ from winequality import codecs, schema
 from winequality.errors import (
     ParameterError,
     PayloadTooLarge,
-    SchemaError,
     UnsupportedMedia,
     WinequalityError,
 )
@@ -140,9 +139,8 @@ class Endpoints:
         decoded = codecs.decode(
             body, mime, what="the body", allow_out_of_range=self.allow_out_of_range
         )
+        decoded.raise_for_errors("the input")
         checked = decoded.validation
-        if not checked.ok:
-            raise SchemaError(checked.errors, what="the input")
         predictions = self.scorer.predict(checked.features)
         return Response(
             orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),

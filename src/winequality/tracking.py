@@ -117,10 +117,9 @@ def preflight(uri: str, timeout: float = 5.0, *, create: bool = True) -> None:
 def _absolute(uri: str) -> str:
     """A relative SQLite file pinned to the current folder: MLflow caches stores by URI text,
     so `sqlite:///mlflow.db` must not mean another folder's file later in the process."""
-    if uri.lower().startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = uri[len("sqlite:///") :]
-        if path and path != ":memory:" and not Path(path).is_absolute():
-            return f"sqlite:///{Path(path).expanduser().resolve()}"
+    path = _local_path(uri) if uri.lower().startswith("sqlite:") else None
+    if path and not Path(path).is_absolute():
+        return f"sqlite:///{Path(path).expanduser().resolve()}"
     return uri
 
 

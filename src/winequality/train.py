@@ -22,7 +22,6 @@ import pandas as pd
 from winequality import data as wine_data
 from winequality import evaluate, logged_model, schema, tracking
 from winequality.errors import ParameterError
-from winequality.evaluate import regression_metrics
 from winequality.model import elasticnet
 from winequality.schema import FeatureIssue
 
@@ -124,11 +123,11 @@ def train(config: TrainConfig) -> TrainResult:
         mlflow.log_params({**autolog_params(final), "scale": config.scale})
         logged_model.log_datasets(wine, train_frame, test_frame)
         predicted = estimator.predict(test_x)
-        metrics = regression_metrics(test_y.to_numpy(), predicted)
+        metrics = evaluate.regression_metrics(test_y.to_numpy(), predicted)
         # The tutorial's random split puts twins of some test wines in training; the same
         # metrics on the unseen rows say what a new wine would get.
         twins = evaluate.twins_in(train_frame, test_frame)
-        unseen = regression_metrics(test_y.to_numpy()[~twins], predicted[~twins])
+        unseen = evaluate.regression_metrics(test_y.to_numpy()[~twins], predicted[~twins])
         mlflow.log_metrics(
             {
                 **autolog_metrics(estimator, train_x, train_y),
