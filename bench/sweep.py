@@ -9,6 +9,7 @@
 2. Quality: the best of N TPE trials per family, CV RMSE under grouped and random folds on the
    75 % training split, and RMSE on held-out rows that share no wine with the training rows.
 Usage: uv run python bench/sweep.py [--trials 100] [--family-trials 25] [--skip-quality]
+       [--skip-speed] [--families elasticnet svr ...]
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def speed(root: Path, trials: int) -> None:
     print(f"--jobs 2 is {one / runs['--jobs 2 (journal)'][0]:.2f}x faster than --jobs 1")
 
 
-def quality(root: Path, trials: int, family_trials: int) -> None:
+def quality(root: Path, trials: int, family_trials: int, families: list[str]) -> None:
     from winequality.sweep import SweepConfig, run_sweep
 
     store = f"sqlite:///{root / 'quality.db'}"
@@ -132,7 +133,7 @@ def quality(root: Path, trials: int, family_trials: int) -> None:
         f"{'test RMSE':>10}"
     )
     best = {}
-    for family in FAMILIES:
+    for family in families:
         n = trials if family == "elasticnet" else family_trials
         base = {
             "family": family,
@@ -167,6 +168,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--family-trials", type=int, default=25)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from train import compile_bytecode  # bench/train.py: the same fair start for every process
@@ -176,9 +179,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     os.chdir(root)  # MLflow puts artifacts (./mlruns) beside the current folder
     try:
-        speed(root, args.trials)
+        if not args.skip_speed:
+            speed(root, args.trials)
         if not args.skip_quality:
-            quality(root, args.trials, args.family_trials)
+            quality(root, args.trials, args.family_trials, args.families)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -5,6 +5,9 @@ If an Optuna release changes any of it, these tests fail first and say which par
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import time
 
 import optuna
@@ -40,6 +43,37 @@ def test_storages_open_by_url_and_fail_in_one_line(storage_url, tmp_path) -> Non
         studies.open_storage("nosuch://x")
     with pytest.raises(TrackingError, match=r"postgresql://u:\*\*\*@127"):
         studies.open_storage("postgresql://u:secret@127.0.0.1:9/x")
+
+
+def _hold_lock_forever(path: str, held) -> None:
+    lock = studies.FlockLock(path)
+    lock.acquire()
+    held.set()
+    time.sleep(600)
+
+
+def test_journal_lock_is_released_when_its_holder_is_killed(tmp_path) -> None:
+    """Optuna's default journal lock would block every other worker for its 30-s grace
+    period after a SIGKILL; the kernel lock is free the moment its holder dies."""
+    journal = str(tmp_path / "optuna.journal")
+    storage = studies.open_storage(journal)
+    assert isinstance(storage._backend._lock, studies.FlockLock)  # noqa: SLF001
+    context = multiprocessing.get_context("fork")
+    held = context.Event()
+    holder = context.Process(target=_hold_lock_forever, args=(journal, held), daemon=True)
+    holder.start()
+    assert held.wait(10)
+    waiter = studies.FlockLock(journal)
+    blocked = context.Process(target=waiter.acquire, daemon=True)  # the lock is held: waits
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()
+    blocked.kill()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    start = time.monotonic()
+    SharedStudy.join(studies.open_storage(journal), "after-kill", make_sampler(1, None))
+    assert time.monotonic() - start < 2.0
 
 
 def test_trial_ids_heartbeats_and_stale_trials(storage_url) -> None:

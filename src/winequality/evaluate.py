@@ -193,6 +193,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def warm_up_plots() -> None:
+    """Import the plotting stack ahead of time (it costs about half a second)."""
+    _pyplot()
+
+
 def plot_predictions(actual: np.ndarray, predicted: np.ndarray, path: Path) -> Path:
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))

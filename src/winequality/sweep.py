@@ -230,6 +230,8 @@ def run_sweep(
     where = Tracking(experiment_id, parent)
     for helper in helpers:
         helper.go(where)
+    if helpers:
+        _import_final_step()  # while the helpers compute: off the serial tail of the sweep
     with StopRequest() as stop:
         worker = _Worker(plan, where, shared, client, stop, on_trial)
         try:
@@ -292,6 +294,15 @@ def run_sweep(
         final=final,
         finalized_before=finalized_before,
     )
+
+
+def _import_final_step() -> None:
+    """Import what the final step uses (plots, skops, MLflow's sklearn flavour): about a
+    second of imports that, done while other workers run trials, no longer delays the end."""
+    import mlflow.sklearn  # noqa: F401
+    import skops.io  # noqa: F401
+
+    evaluate.warm_up_plots()
 
 
 def _join_study(plan: WorkerPlan) -> SharedStudy:
@@ -608,15 +619,18 @@ class _Helper:
 
 def _helper_main(plan: WorkerPlan, connection: Any) -> None:
     with StopRequest() as stop:
+        # While the command opens the stores, this process imports what it will need and joins
+        # the study: its start-up overlaps the command's instead of following it.
+        import mlflow
+        from mlflow.store.tracking import sqlalchemy_store  # noqa: F401  (the SQLite/SQL store)
+
+        shared = _join_study(plan)
         where = connection.recv()
         if where is None:
             return
         worker = None
         try:
             tracking.connect(plan.config.tracking_uri)
-            import mlflow
-
-            shared = _join_study(plan)
             worker = _Worker(plan, where, shared, mlflow.MlflowClient(), stop)
             worker.run()
             outcome = "interrupted" if stop.requested else "done"
