@@ -57,7 +57,7 @@ def test_journal_lock_is_released_when_its_holder_is_killed(tmp_path) -> None:
     period after a SIGKILL; the kernel lock is free the moment its holder dies."""
     journal = str(tmp_path / "optuna.journal")
     storage = studies.open_storage(journal)
-    assert isinstance(storage._backend._lock, studies.FlockLock)  # noqa: SLF001
+    assert isinstance(storage._backend._lock, studies.FlockLock)  # type: ignore[attr-defined]  # noqa: SLF001
     context = multiprocessing.get_context("fork")
     held = context.Event()
     holder = context.Process(target=_hold_lock_forever, args=(journal, held), daemon=True)
