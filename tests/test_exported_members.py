@@ -34,6 +34,7 @@ def test_every_module_is_covered() -> None:
         "registry",
         "schema",
         "serve",
+        "streaming",
         "studies",
         "sweep",
         "tracking",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from importlib.metadata import version
@@ -272,24 +274,90 @@ def predict(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Score a file with a logged model; every invalid cell is listed and nothing is written."""
+    import shutil
+    import tempfile
+
     from winequality.predict import predict_file
 
-    result = _guard(
-        lambda: predict_file(
-            model,
-            input_path,
-            output,
-            id_column=id_column,
-            allow_out_of_range=allow_out_of_range,
-            tracking_uri=tracking_uri,
+    to_stdout = output is None or str(output) == "-"
+    with tempfile.TemporaryDirectory(prefix="winequality-") as folder, _RowsProgress() as bar:
+        # Standard output gets the CSV only once every row passed: it is written to a
+        # temporary file first, as a file output is.
+        target = Path(folder) / "predictions.csv" if to_stdout else output
+        result = _guard(
+            lambda: predict_file(
+                model,
+                input_path,
+                target,
+                id_column=id_column,
+                allow_out_of_range=allow_out_of_range,
+                tracking_uri=tracking_uri,
+                on_progress=bar.update,
+            )
         )
-    )
-    for issue in result.warnings:
-        _warn(issue.describe(result.row_label, result.row_offset))
-    if output is None or str(output) == "-":
-        typer.echo(result.frame.to_csv(index=False), nl=False)
-    else:
-        err.print(f"wrote {result.rows} predictions to {output}")
+        bar.close()
+        for issue in result.warnings:
+            _warn(issue.describe(result.row_label, result.row_offset))
+        if to_stdout:
+            assert target is not None
+            with open(target, "rb") as written:
+                shutil.copyfileobj(written, sys.stdout.buffer)
+            sys.stdout.flush()
+        else:
+            err.print(f"wrote {result.rows} predictions to {output}")
+
+
+class _RowsProgress:
+    """A progress bar on stderr (rows, rows/s) for files that take more than a moment; off
+    when stderr is not a terminal."""
+
+    DELAY = 0.5  # seconds before a bar appears
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.progress: Any = None
+        self.task: Any = None
+        self.first: tuple[float, int] | None = None
+
+    def __enter__(self) -> _RowsProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, rows: int, done: int, total: int) -> None:
+        if not err.is_terminal or time.monotonic() - self.started < self.DELAY:
+            return
+        if self.progress is None:
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("scoring"),
+                BarColumn(),
+                TextColumn("{task.fields[rows]:,} rows, {task.fields[rate]:,.0f} rows/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self.task = self.progress.add_task("scoring", total=total, rows=0, rate=0.0)
+            self.progress.start()
+        if self.first is None:  # the rate counts from the first rows, not the model's loading
+            self.first = (time.monotonic(), rows)
+        elapsed = time.monotonic() - self.first[0]
+        rate = (rows - self.first[1]) / elapsed if elapsed > 0 else 0.0
+        self.progress.update(self.task, completed=done, rows=rows, rate=rate)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 @app.command(short_help="Serve a model over HTTP (MLflow's protocol, a page, OpenAPI).")

@@ -36,6 +36,7 @@ __all__ = [
     "plot_search",
     "regression_metrics",
     "twins_in",
+    "warm_up_plots",
     "write_report",
 ]
 

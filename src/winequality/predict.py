@@ -3,15 +3,17 @@
 - `load_scorer(uri)` loads any model URI through `logged_model.load` (signature checked, skops
   with our allow-list). Linear pipelines are folded into one weight vector so a request costs a
   dot product.
-- `predict_file(...)` decodes a CSV/Parquet/JSON file with `codecs`, scores it, and writes the
-  output atomically, or nothing.
+- `predict_file(...)` reads a CSV/Parquet/JSON file in batches (`streaming`), validates and
+  scores each, and writes the output atomically, or nothing; memory stays flat.
 
 Knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from winequality import codecs, logged_model, schema
+from winequality import codecs, logged_model, schema, streaming
 from winequality.errors import SchemaError
 from winequality.schema import FeatureIssue
 
@@ -88,6 +90,8 @@ class Scorer:
 
 def load_scorer(model_uri: str, tracking_uri: str | None = None) -> Scorer:
     """Resolve `runs:/…`, `models:/name@alias`, `models:/name/N`, `models:/m-…` or a folder."""
+    import skops.io  # noqa: F401  (first: at import it scans every loaded module, MLflow's too)
+
     from winequality import tracking
 
     store = None
@@ -136,11 +140,14 @@ def fold_linear(estimator: Any) -> tuple[np.ndarray, float] | None:
 @dataclass(frozen=True)
 class PredictResult:
     rows: int
-    predictions: np.ndarray
     warnings: list[FeatureIssue]
-    frame: pd.DataFrame  # what was (or would be) written
+    predictions: np.ndarray | None = None  # kept only when nothing is written (in memory)
+    frame: pd.DataFrame | None = None  # likewise: what would have been written
     row_label: str = "row"  # how warnings cite rows: "line" for CSV files, else 0-based "row"
     row_offset: int = 0
+
+
+Progress = Callable[[int, int, int], None]  # (rows done, bytes read, bytes in all)
 
 
 def predict_file(
@@ -151,33 +158,110 @@ def predict_file(
     id_column: str | None = None,
     allow_out_of_range: bool = False,
     tracking_uri: str | None = None,
+    on_progress: Progress | None = None,
 ) -> PredictResult:
     """Score a file; write `prediction` next to the inputs (or only next to `id_column`).
 
-    `input_path` may be `-` (standard input). With no `output_path` (or `-`), nothing is
-    written: the caller prints `frame`. Raises SchemaError listing every problem, and writes
-    nothing, if any row is invalid.
+    The file is read, validated, scored and written batch by batch (`streaming`), so memory does
+    not grow with its size. `input_path` may be `-` (standard input). With no `output_path`,
+    nothing is written and the result holds the frame and predictions in memory. Raises
+    SchemaError listing every problem of the whole file, and writes nothing, if any row is
+    invalid; the model is not even loaded when the first batch is already invalid.
     """
-    decoded = codecs.decode_file(input_path, allow_out_of_range=allow_out_of_range)
-    frame = decoded.frame
-    assert frame is not None  # decode_file keeps the input's columns
-    if id_column is not None and id_column not in frame.columns:
+    source = streaming.open_input(input_path, allow_out_of_range=allow_out_of_range)
+    if id_column is not None and id_column not in source.names:
         raise SchemaError(
             [FeatureIssue("missing_column", id_column, "the --id-column is not in the input")],
-            what=decoded.what,
+            what=source.what,
         )
-    decoded.raise_for_errors()
     if output_path == codecs.STDIO:
         output_path = None
     if output_path is not None:
-        codecs.media_type_for(output_path)  # refuse an unknown output type before loading
-    scorer = load_scorer(model_uri, tracking_uri)
-    predictions = scorer.predict(decoded.validation.features)
-    result = frame[[id_column]].copy() if id_column is not None else frame.copy()
-    result["prediction"] = predictions
-    if output_path is not None:
-        codecs.write_file(result, output_path)
-    warnings = [w for w in decoded.validation.warnings if w.column != id_column]
-    return PredictResult(
-        len(result), predictions, warnings, result, decoded.row_label, decoded.row_offset
-    )
+        codecs.media_type_for(output_path)  # refuse an unknown output type before reading
+    run = _StreamRun(source, model_uri, tracking_uri, id_column, output_path, on_progress)
+    types: dict[str, Any] = {}
+    while True:
+        try:
+            return run.once(types)
+        except streaming.Retype as again:  # a column needs another type: read it again
+            types = again.types
+
+
+@dataclass
+class _StreamRun:
+    source: streaming.Input
+    model_uri: str
+    tracking_uri: str | None
+    id_column: str | None
+    output_path: Path | None
+    on_progress: Progress | None
+    scorer: Scorer | None = None  # loaded at the first valid batch, kept across re-reads
+
+    def once(self, types: dict[str, Any]) -> PredictResult:
+        import pyarrow as pa
+
+        source, problems = self.source, streaming.Problems()
+        kept: list[pa.Table] = []
+        rows = 0
+        with contextlib.ExitStack() as stack:
+            writer = (
+                stack.enter_context(streaming.open_writer(self.output_path))
+                if self.output_path is not None
+                else None
+            )
+            for batch in source.batches(types):
+                problems.add(batch.validation, batch.start)
+                rows = batch.start + batch.columns.num_rows
+                if problems.ok:  # after the first problem, only check the rest
+                    if self.scorer is None:
+                        self.scorer = load_scorer(self.model_uri, self.tracking_uri)
+                    table = _output(batch, self.scorer.predict(batch.validation.features), self)
+                    if writer is not None:
+                        writer.write(table)
+                    else:
+                        kept.append(table)
+                if self.on_progress is not None:
+                    self.on_progress(rows, source.bytes_read(), source.size)
+            if rows == 0:
+                problems.add(source.empty_check(), 0)
+            line_of = source.line_of if source.row_label == "line" else None
+            malformed = list(source.malformed)  # CSV lines, already numbered
+            if not problems.ok or malformed:
+                raise SchemaError(
+                    problems.listed("errors", line_of) + malformed,
+                    what=source.what,
+                    row_label=source.row_label,
+                )
+            warned = [w for w in problems.listed("warnings", line_of) if w.column != self.id_column]
+        if writer is not None:
+            return PredictResult(rows, warned, row_label=source.row_label)
+        frame = pa.concat_tables(kept).to_pandas() if kept else pd.DataFrame()
+        predictions = frame["prediction"].to_numpy() if kept else np.empty(0)
+        return PredictResult(rows, warned, predictions, frame, source.row_label)
+
+
+def _output(batch: streaming.Batch, predictions: np.ndarray, run: _StreamRun) -> Any:
+    """The batch's rows as written: the input's columns (or the id column) and `prediction`."""
+    import pyarrow as pa
+
+    table = batch.columns
+    if run.output_path is None or codecs.media_type_for(run.output_path) != codecs.CSV:
+        table = _features_as_numbers(table, batch.validation.features)
+    if run.id_column is not None:
+        table = table.select([run.source.names.index(run.id_column)])
+    scores = pa.array(predictions, type=pa.float64())
+    if "prediction" in table.column_names:  # an input column of that name is replaced in place
+        return table.set_column(table.column_names.index("prediction"), "prediction", scores)
+    return table.append_column("prediction", scores)
+
+
+def _features_as_numbers(table: Any, features: np.ndarray) -> Any:
+    """Feature columns read as text (CSV) become the checked float64 values: typed outputs
+    (Parquet, JSON, a DataFrame) hold numbers, as the model's signature says."""
+    import pyarrow as pa
+
+    for j, name in enumerate(schema.FEATURE_NAMES):
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            index = table.column_names.index(name)
+            table = table.set_column(index, name, pa.array(features[:, j], type=pa.float64()))
+    return table

@@ -180,12 +180,13 @@ class FeatureIssue:
     kind: IssueKind
     column: str | None
     reason: str
-    rows: tuple[int, ...] = ()  # 0-based positions in the frame, all of them
+    rows: tuple[int, ...] = ()  # 0-based positions in the frame (the first ones, if capped)
     values: tuple[Any, ...] = ()  # the first few offending values, for messages
+    total: int = 0  # offending cells when `rows` was capped (a big file); else len(rows)
 
     @property
     def count(self) -> int:
-        return len(self.rows) if self.rows else 1
+        return max(self.total, len(self.rows)) if self.rows else 1
 
     def describe(self, row_label: str = "row", row_offset: int = 0, limit: int = 5) -> str:
         """One line, e.g. `pH: 3 values out of range [0, 14] (row 4: 15.2, row 9: -1, ...)`."""
@@ -201,9 +202,9 @@ class FeatureIssue:
             )
             for i, r in enumerate(self.rows[:limit])
         )
-        more = f", … {len(self.rows) - limit} more" if len(self.rows) > limit else ""
-        plural = "value" if len(self.rows) == 1 else "values"
-        return f"{where}{len(self.rows)} {plural} {self.reason} ({shown}{more})"
+        more = f", … {self.count - limit} more" if self.count > limit else ""
+        plural = "value" if self.count == 1 else "values"
+        return f"{where}{self.count} {plural} {self.reason} ({shown}{more})"
 
 
 def _show(value: Any) -> str:

@@ -230,9 +230,9 @@ def run_sweep(
     where = Tracking(experiment_id, parent)
     for helper in helpers:
         helper.go(where)
-    if helpers:
-        _import_final_step()  # while the helpers compute: off the serial tail of the sweep
     with StopRequest() as stop:
+        if helpers:
+            _import_final_step()  # while the helpers compute: off the serial tail of the sweep
         worker = _Worker(plan, where, shared, client, stop, on_trial)
         try:
             worker.run()

@@ -1,0 +1,590 @@
+"""Files in batches: read, validate and write wine measurements without holding the whole file.
+
+`predict` scores files of any size in flat memory:
+
+- `open_input(path)` reads a CSV file with Arrow's streaming CSV reader (blocks parsed on
+  Arrow's threads while the previous batch is scored), a Parquet file by row groups. A JSON
+  document is one value, so JSON files and standard input are read whole, then cut into
+  batches.
+- Every batch goes through the same schema check as `serve` and the in-memory decoders
+  (`schema.validate_columns`); `Problems` gathers what the batches found, with row positions
+  across the whole file, keeping the first `MAX_ROWS_PER_ISSUE` rows of each problem and
+  counting the rest. CSV problems cite physical line numbers, blank and malformed lines
+  included.
+- `open_writer(path)` appends batches to a temporary file beside the output with a writer built
+  for the volume (Arrow's CSV writer, Parquet's writer, orjson), renamed onto the output only
+  when every batch passed.
+
+Arrow infers a column's type from the first block; a later cell that does not fit (a word in a
+number column) ends that read, so the read starts again with the column as text, which the
+schema check then reports cell by cell. Knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, cast
+
+import numpy as np
+import pyarrow as pa
+
+from winequality import codecs, schema
+from winequality.data import atomic_write, detect_layout, read_bytes
+from winequality.errors import DataError, first_line
+from winequality.schema import FEATURE_NAMES, FeatureIssue, Validation
+
+__all__ = [
+    "BATCH_BYTES",
+    "MAX_ROWS_PER_ISSUE",
+    "Batch",
+    "Input",
+    "Problems",
+    "Retype",
+    "open_input",
+    "open_writer",
+]
+
+BATCH_BYTES = 4 << 20  # CSV block (about 70,000 rows of wine measurements)
+BATCH_ROWS = 65_536  # Parquet and in-memory inputs
+MAX_ROWS_PER_ISSUE = 1000  # rows kept per problem; the rest are counted
+NUMBERED = "\0numbered"  # in Retype's types: parse on one thread, so malformed lines have numbers
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows as read (Arrow, columns named as in the input) and their schema check."""
+
+    columns: pa.Table
+    validation: Validation
+    start: int  # position of the batch's first row in the whole input (0-based)
+
+
+class Retype(Exception):  # a signal from the reader to its caller, not an error
+    """A cell did not fit the type Arrow inferred for its column: read again with `types`."""
+
+    def __init__(self, types: dict[str, pa.DataType]) -> None:
+        super().__init__(f"read again with {types}")
+        self.types = types
+
+
+@dataclass
+class Problems:
+    """Errors and warnings of every batch, merged per (kind, column, reason)."""
+
+    errors: dict[tuple[Any, ...], FeatureIssue] = field(default_factory=dict)
+    warnings: dict[tuple[Any, ...], FeatureIssue] = field(default_factory=dict)
+
+    def add(self, validation: Validation, start: int) -> None:
+        for found, into in ((validation.errors, self.errors), (validation.warnings, self.warnings)):
+            for issue in found:
+                _merge(into, issue, start)
+
+    def add_error(self, issue: FeatureIssue) -> None:
+        _merge(self.errors, issue, 0)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def listed(self, which: str, line_of: Callable[[int], int] | None) -> list[FeatureIssue]:
+        """The merged issues, rows turned into line numbers when `line_of` is given."""
+        issues = list((self.errors if which == "errors" else self.warnings).values())
+        if line_of is None:
+            return issues
+        return [replace(i, rows=tuple(line_of(r) for r in i.rows)) for i in issues]
+
+
+def _merge(into: dict[tuple[Any, ...], FeatureIssue], issue: FeatureIssue, start: int) -> None:
+    key = (issue.kind, issue.column, issue.reason)
+    rows = tuple(r + start for r in issue.rows[:MAX_ROWS_PER_ISSUE])
+    known = into.get(key)
+    if known is None:
+        into[key] = replace(issue, rows=rows, total=issue.count if issue.rows else 0)
+        return
+    if not issue.rows:
+        return  # a column-level problem, found again in the next batch
+    room = MAX_ROWS_PER_ISSUE - len(known.rows)
+    into[key] = replace(
+        known,
+        rows=known.rows + rows[: max(room, 0)],
+        values=(known.values + issue.values)[: schema.SAMPLE_VALUES],
+        total=known.count + issue.count,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Input:
+    """One input file, read batch by batch: iterate `batches()` once per read."""
+
+    what: str  # how messages name it: the path, or "standard input"
+    media_type: str
+    names: list[str]  # the input's columns, stripped of surrounding spaces
+    size: int  # bytes, for progress
+    allow_out_of_range: bool
+    _open: Callable[[dict[str, pa.DataType]], Iterator[pa.RecordBatch]]
+    _position: Callable[[], int] = lambda: 0
+    row_label: str = "row"
+    skipped_lines: list[int] = field(default_factory=list)  # CSV lines not read as rows
+    malformed: list[FeatureIssue] = field(default_factory=list)  # CSV lines, by number
+    default_types: dict[str, pa.DataType] = field(default_factory=dict)  # Arrow types to read
+    trailing_blank: int = 0
+
+    def bytes_read(self) -> int:
+        return self._position()
+
+    def batches(self, types: dict[str, pa.DataType] | None = None) -> Iterator[Batch]:
+        """Validated batches; raises Retype when a column needs another type (read again)."""
+        self.skipped_lines.clear()
+        self.malformed.clear()
+        types = {**self.default_types, **(types or {})}
+        start = 0
+        pending_blank: list[pa.Table] = []  # blank CSV lines: trailing ones are not rows
+        for record_batch in self._open(types):
+            table = pa.Table.from_batches([record_batch]).rename_columns(self.names)
+            if table.num_rows == 0:
+                continue
+            if self.media_type == codecs.CSV:
+                table, blank_tail = _split_blank_tail(table)
+                if table.num_rows and pending_blank:  # blank lines inside the file are rows
+                    table = pa.concat_tables([*pending_blank, table])
+                    pending_blank = []
+                if blank_tail is not None:
+                    pending_blank.append(blank_tail)
+                if table.num_rows == 0:
+                    continue
+            yield Batch(table, self._validate(table), start)
+            start += table.num_rows
+        self.trailing_blank = sum(t.num_rows for t in pending_blank)
+
+    def empty_check(self) -> Validation:
+        """The check of a file with a header and no rows (what is missing, and no rows)."""
+        frame = {name: np.empty(0, dtype=object) for name in self.names}
+        return schema.validate_columns(
+            frame, n_rows=0, column_order=self.names, allow_out_of_range=self.allow_out_of_range
+        )
+
+    def line_of(self, position: int) -> int:
+        """The physical line of data row `position` (the header is line 1)."""
+        line = position + 2
+        for skipped in self.skipped_lines:  # sorted, and few: malformed lines
+            if skipped <= line:
+                line += 1
+        return line
+
+    def _validate(self, table: pa.Table) -> Validation:
+        import pyarrow.compute as pc
+
+        frame: dict[str, np.ndarray] = {}
+        for name, column in zip(self.names, table.columns, strict=True):
+            if name not in FEATURE_NAMES or name in frame:  # only features are checked
+                continue
+            if pa.types.is_string(column.type):  # CSV text, as written: numbers if it parses
+                with contextlib.suppress(pa.ArrowInvalid):
+                    column = pc.cast(column, pa.float64())
+            if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+                frame[name] = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            else:  # cell by cell, each problem named
+                frame[name] = np.asarray(column.to_pylist(), dtype=object)
+        return schema.validate_columns(
+            frame,
+            n_rows=table.num_rows,
+            column_order=self.names,
+            unknown="warn",
+            allow_out_of_range=self.allow_out_of_range,
+        )
+
+
+def _split_blank_tail(table: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    """(rows up to the last non-blank one, the blank rows after it or None)."""
+    import pyarrow.compute as pc
+
+    if table.num_columns == 0:
+        return table, None
+    last = table.slice(table.num_rows - 1)
+    if any(_filled(column)[0].as_py() for column in last.columns):  # the usual case: no tail
+        return table, None
+    filled = None
+    for column in table.columns:
+        valid = _filled(column)
+        filled = valid if filled is None else pc.or_(filled, valid)
+    assert filled is not None
+    where = np.flatnonzero(filled.to_numpy(zero_copy_only=False))
+    end = int(where[-1]) + 1 if where.size else 0
+    if end == table.num_rows:
+        return table, None
+    return table.slice(0, end), table.slice(end)
+
+
+def _filled(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a cell holds something (not null, not only spaces)."""
+    import pyarrow.compute as pc
+
+    valid = pc.is_valid(column)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        valid = pc.and_(valid, pc.not_equal(pc.utf8_trim_whitespace(column), ""))
+    return pc.fill_null(valid, False)
+
+
+def open_input(path: Path, *, allow_out_of_range: bool = False) -> Input:
+    """An input file (CSV, Parquet or JSON by extension; `-` is standard input, sniffed)."""
+    if path == codecs.STDIO:
+        content = sys.stdin.buffer.read()
+        return _in_memory(content, codecs.sniff(content), "standard input", allow_out_of_range)
+    media_type, what = codecs.media_type_for(path), str(path)
+    if not path.is_file():
+        raise DataError(f"no such input file: {path}")
+    if media_type == codecs.CSV:
+        return _csv_input(path, what, allow_out_of_range)
+    if media_type == codecs.PARQUET:
+        return _parquet_input(path, what, allow_out_of_range)
+    return _in_memory(read_bytes(path), media_type, what, allow_out_of_range)
+
+
+def _csv_input(source: Path | bytes, what: str, allow_out_of_range: bool) -> Input:
+    import pyarrow.csv as pcsv
+
+    head = source[:65536] if isinstance(source, bytes) else _head(source)
+    separator, decimal = detect_layout(head, what)
+    header_line = head.decode("utf-8-sig", errors="replace").splitlines()[0]
+    raw = next(csv.reader([header_line], delimiter=separator))
+    names = [name.strip() for name in raw]
+    generated = [f"c{i}" for i in range(len(raw))]  # ours: duplicates and spaces are allowed
+    size = len(source) if isinstance(source, bytes) else source.stat().st_size
+    state: dict[str, Any] = {"file": None}
+    result: Input
+
+    def position() -> int:
+        handle = state["file"]
+        with contextlib.suppress(Exception):
+            return int(handle.tell()) if handle is not None else 0
+        return size
+
+    def batches(types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+        numbered = types.pop(NUMBERED, None) is not None
+        again = {NUMBERED: pa.null()} if numbered else {}
+        malformed: list[tuple[int | None, str, int, int]] = []
+
+        def on_invalid(row: Any) -> str:
+            malformed.append((row.number, row.text, row.actual_columns, row.expected_columns))
+            return "skip"
+
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        state["file"] = handle
+        try:
+            try:
+                reader = pcsv.open_csv(
+                    handle,
+                    read_options=pcsv.ReadOptions(
+                        column_names=generated,
+                        skip_rows=1,
+                        block_size=BATCH_BYTES,
+                        use_threads=not numbered,
+                    ),
+                    parse_options=pcsv.ParseOptions(
+                        delimiter=separator,
+                        ignore_empty_lines=False,
+                        invalid_row_handler=on_invalid,
+                    ),
+                    convert_options=pcsv.ConvertOptions(
+                        column_types={generated[names.index(n)]: t for n, t in types.items()},
+                        decimal_point=decimal,
+                        strings_can_be_null=True,
+                    ),
+                )
+                for batch in reader:
+                    if malformed and malformed[0][0] is None:
+                        # Arrow numbers malformed lines only when parsing on one thread
+                        raise Retype({**types, NUMBERED: pa.null()})
+                    yield batch
+            except pa.ArrowInvalid as exc:
+                column = _failed_column(str(exc))
+                if column is None or types.get(names[column]) == pa.string():  # not a type
+                    problem = first_line(exc)
+                    raise DataError(f"{what} is not a readable CSV file: {problem}") from exc
+                raise Retype({**types, **again, names[column]: pa.string()}) from exc
+            if malformed and malformed[0][0] is None:
+                raise Retype({**types, NUMBERED: pa.null()})
+            result.skipped_lines[:] = sorted(int(n) for n, *_ in malformed if n is not None)
+            for number, text, actual, expected in malformed:
+                result.malformed.append(
+                    FeatureIssue(
+                        "bad_row",
+                        None,
+                        f"has {actual} values where the header has {expected}",
+                        (int(number or 0),),
+                        (text[:60],),
+                    )
+                )
+        finally:
+            state["file"] = None
+            handle.close()
+
+    result = Input(
+        what,
+        codecs.CSV,
+        names,
+        size,
+        allow_out_of_range,
+        batches,
+        position,
+        row_label="line",
+    )
+    if len(set(names)) == len(names):  # the features as numbers from the start
+        # Features are read as text and parsed once checked: a CSV output then repeats the
+        # cells as written (formatting millions of numbers again is most of a CSV writer's
+        # work). With decimal commas, Arrow parses them as numbers from the start.
+        kind = pa.string() if decimal == "." else pa.float64()
+        result.default_types = {n: kind for n in FEATURE_NAMES if n in names}
+    return result
+
+
+_COLUMN_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error")
+
+
+def _failed_column(message: str) -> int | None:
+    found = _COLUMN_ERROR.search(message)
+    return int(found.group(1)) if found else None
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(65536)
+
+
+def _parquet_input(path: Path, what: str, allow_out_of_range: bool) -> Input:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:
+        raise DataError(f"{what} is not readable Parquet: {first_line(exc)}") from exc
+    names = [str(n).strip() for n in parquet.schema_arrow.names]
+    done = {"rows": 0}
+    total_rows = max(parquet.metadata.num_rows, 1)
+    size = path.stat().st_size
+
+    def batches(types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+        done["rows"] = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+                done["rows"] += batch.num_rows
+                yield batch
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{what} is not readable Parquet: {first_line(exc)}") from exc
+
+    return Input(
+        what,
+        codecs.PARQUET,
+        names,
+        size,
+        allow_out_of_range,
+        batches,
+        lambda: size * done["rows"] // total_rows,
+    )
+
+
+def _in_memory(content: bytes, media_type: str, what: str, allow_out_of_range: bool) -> Input:
+    """Standard input and JSON documents: decoded whole by `codecs`, served in batches."""
+    if media_type == codecs.CSV:
+        return _csv_input(content, what, allow_out_of_range)
+    if media_type == codecs.PARQUET:
+        buffer = pa.BufferReader(content)
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(buffer)
+        except Exception as exc:
+            raise DataError(f"{what} is not readable Parquet: {first_line(exc)}") from exc
+    else:
+        decoded = codecs.decode(content, media_type, what=what, keep_frame=True, from_file=True)
+        assert decoded.frame is not None
+        table = _arrow_table(decoded.frame)
+    names = [str(n).strip() for n in table.column_names]
+    return Input(
+        what,
+        media_type,
+        names,
+        len(content),
+        allow_out_of_range,
+        lambda types: iter(table.to_batches(max_chunksize=BATCH_ROWS)),
+    )
+
+
+def _arrow_table(frame: Any) -> pa.Table:
+    """A decoded JSON frame as Arrow; mixed columns (numbers and words) stay Python objects."""
+    columns = {}
+    for name in frame.columns:
+        try:
+            columns[str(name)] = pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError):
+            columns[str(name)] = pa.array([repr(v) for v in frame[name]], type=pa.string())
+    if len(set(columns)) != len(frame.columns):  # duplicated names: keep them all
+        return pa.Table.from_arrays(
+            [pa.array(frame.iloc[:, i], from_pandas=True) for i in range(frame.shape[1])],
+            names=[str(n) for n in frame.columns],
+        )
+    return pa.table(columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers
+# ---------------------------------------------------------------------------------------------
+
+
+class _Writer:
+    def write(self, table: pa.Table) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _CsvWriter(_Writer):
+    """Arrow's CSV writer. Text is quoted only where a cell needs it (a separator, a quote or a
+    line break in it), as pandas does; Arrow's own "needed" style quotes every text cell."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink, self.header_written = sink, False
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.csv as pcsv
+
+        if not self.header_written:
+            header = io.StringIO()
+            csv.writer(header, lineterminator="\n").writerow(table.column_names)
+            self.sink.write(header.getvalue().encode())
+            self.header_written = True
+        style = "none"
+        if _needs_quotes(table):  # Arrow would quote every text cell: features go as numbers
+            import pyarrow.compute as pc
+
+            style = "needed"
+            for index, name in enumerate(table.column_names):
+                if name in FEATURE_NAMES and pa.types.is_string(table.schema.field(index).type):
+                    number = pc.cast(table.column(index), pa.float64())
+                    table = table.set_column(index, name, number)
+        options = pcsv.WriteOptions(include_header=False, quoting_style=style)
+        pcsv.write_csv(table, self.sink, write_options=options)
+
+    def close(self) -> None:
+        pass
+
+
+def _needs_quotes(table: pa.Table) -> bool:
+    import pyarrow.compute as pc
+
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if name in FEATURE_NAMES and pa.types.is_string(column.type):
+            continue  # checked: every cell parsed as a number
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            if pc.any(pc.match_substring_regex(column, '[,"\r\n]')).as_py():
+                return True
+        elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            return True  # dates, booleans…: let Arrow decide
+    return False
+
+
+class _ParquetWriter(_Writer):
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink, self.writer = sink, cast(Any, None)
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.sink, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _JsonWriter(_Writer):
+    """A JSON list of records, written batch by batch (orjson per batch)."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink, self.first = sink, True
+        sink.write(b"[")
+
+    def write(self, table: pa.Table) -> None:
+        import orjson
+
+        if table.num_rows == 0:
+            return
+        body = orjson.dumps(table.to_pylist(), option=orjson.OPT_SERIALIZE_NUMPY)
+        self.sink.write(b"\n" if self.first else b",\n")
+        self.sink.write(body[1:-1])
+        self.first = False
+
+    def close(self) -> None:
+        self.sink.write(b"\n]\n")
+
+
+class _Background(_Writer):
+    """Writes on a thread of its own, so that formatting the output (Arrow's writers work
+    without the GIL) overlaps reading, checking and scoring the next batch. At most two
+    batches wait: memory stays flat."""
+
+    def __init__(self, inner: _Writer) -> None:
+        import queue
+        import threading
+
+        self.inner = inner
+        self.queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="winequality-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (table := self.queue.get()) is not None:
+            if self.failure is None:
+                try:
+                    self.inner.write(table)
+                except BaseException as exc:  # raised in the caller's thread
+                    self.failure = exc
+
+    def write(self, table: pa.Table) -> None:
+        self._raise()
+        self.queue.put(table)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+        self.inner.close()
+
+    def _raise(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+
+@contextlib.contextmanager
+def open_writer(path: Path, media_type: str | None = None) -> Iterator[_Writer]:
+    """A batch writer on a temporary file beside `path`, renamed onto it if the block ends
+    without an exception; otherwise no file is left."""
+    media_type = media_type or codecs.media_type_for(path)
+    kinds = {codecs.CSV: _CsvWriter, codecs.PARQUET: _ParquetWriter, codecs.JSON: _JsonWriter}
+    with atomic_write(path) as partial, open(partial, "wb") as sink:
+        writer = _Background(kinds[media_type](sink))
+        writer_closed = False
+        try:
+            yield writer
+            writer.close()
+            writer_closed = True
+        finally:
+            if not writer_closed:  # stop the thread; the partial file is deleted anyway
+                with contextlib.suppress(BaseException):
+                    writer.close()
