@@ -316,3 +316,24 @@ def test_mlflow_run_runs_the_projects_sweep_entry_point(workdir) -> None:
     parent = client.get_run(project.data.tags["winequality.sweep_parent_run"])
     assert parent.data.tags["winequality.study"] == "elasticnet-grouped"
     assert str(client.get_model_version_by_alias("wine-quality", "champion").version) == "1"
+
+
+def test_workers_forked_after_a_boosting_sweep_in_the_same_process_do_not_hang(
+    red_csv, workdir
+) -> None:
+    """GNU OpenMP cannot survive a fork once its thread pool exists; a library user who
+    sweeps hist-gradient-boosting and then sweeps again with workers must not hang."""
+    script = f"""
+import sys
+from winequality.sweep import SweepConfig, run_sweep
+base = dict(data={str(red_csv)!r}, family="hist-gradient-boosting", folds=2, register=False,
+            tracking_uri="sqlite:///mlflow.db", storage="optuna.journal")
+run_sweep(SweepConfig(**base, trials=2, jobs=1, study="first"))
+result = run_sweep(SweepConfig(**base, trials=4, jobs=2, study="second"))
+print(result.complete)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=workdir, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "4"

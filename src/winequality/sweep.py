@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,7 @@ __all__ = [
     "refit_and_test",
     "register_and_gate",
     "run_sweep",
+    "single_threaded_openmp",
     "trial_runs",
 ]
 
@@ -235,7 +236,8 @@ def run_sweep(
             _import_final_step()  # while the helpers compute: off the serial tail of the sweep
         worker = _Worker(plan, where, shared, client, stop, on_trial)
         try:
-            worker.run()
+            with single_threaded_openmp():
+                worker.run()
         except KeyboardInterrupt:  # a second Ctrl+C: at once
             stop.requested = True
         except BaseException:
@@ -267,7 +269,8 @@ def run_sweep(
     ):
         finalized_before = None  # a better trial since, or another tracking store: register
     if finalized_before is None and _should_finalize(shared, mine):
-        final = finalize(plan, shared, Holdout(wine, train_frame, test_frame), where)
+        with single_threaded_openmp():
+            final = finalize(plan, shared, Holdout(wine, train_frame, test_frame), where)
         shared.study.set_user_attr(
             FINALIZED_ATTR,
             {
@@ -294,6 +297,18 @@ def run_sweep(
         final=final,
         finalized_before=finalized_before,
     )
+
+
+@contextlib.contextmanager
+def single_threaded_openmp() -> Iterator[None]:
+    """OpenMP (hist-gradient-boosting's threads) kept to one thread in a process that forks
+    workers. GNU OpenMP cannot be forked once its thread pool exists: a worker forked by a
+    later sweep in the same process would hang at its first fit. One thread per process is
+    also what N workers on N cores want."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
 
 
 def _import_final_step() -> None:
@@ -632,7 +647,8 @@ def _helper_main(plan: WorkerPlan, connection: Any) -> None:
         try:
             tracking.connect(plan.config.tracking_uri)
             worker = _Worker(plan, where, shared, mlflow.MlflowClient(), stop)
-            worker.run()
+            with single_threaded_openmp():
+                worker.run()
             outcome = "interrupted" if stop.requested else "done"
             connection.send((outcome, worker.finished_here))
         except KeyboardInterrupt:
