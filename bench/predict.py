@@ -5,8 +5,8 @@ up to 2 %, quality kept), each a fresh process, medians of `--reps`:
 - `mlflow models predict -t csv --env-manager local` on the same model and file, the anchor (it
   writes only the predictions, as JSON);
 - `winequality predict --output out.csv|out.parquet|out.json` (the inputs and the prediction);
-- the floor: a process that imports pyarrow, reads the CSV with Arrow and writes it back with a
-  prediction column of zeros (no model, no checks): the I/O no scorer avoids;
+- the floor: a process that imports pyarrow, reads the CSV with Arrow (cells as text) and writes
+  it back with a prediction column of zeros (no model, no checks): the I/O no scorer avoids;
 - `winequality predict` on 100 rows: the fixed cost (imports, loading the model).
 Peak memory is each process's maximum resident set (getrusage of a one-child wrapper).
 Goals: CSV -> CSV <= 0.75x MLflow's time at 2M rows; our peak at 10M within 1.2x of 2M.
@@ -26,6 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUTPUTS = ("out.csv", "out.parquet", "out.json")
+FLOOR_NAME = "floor: Arrow CSV in, CSV out"
 
 # Runs one command, then prints its wall time and its peak resident set (bytes).
 MEASURE = """
@@ -39,7 +40,13 @@ print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 FLOOR = """
 import sys
 import numpy as np, pyarrow as pa, pyarrow.csv as csv
-reader = csv.open_csv(sys.argv[1], read_options=csv.ReadOptions(block_size=4 << 20))
+with open(sys.argv[1]) as f:
+    names = f.readline().strip().split(",")
+reader = csv.open_csv(
+    sys.argv[1],
+    read_options=csv.ReadOptions(block_size=4 << 20),
+    convert_options=csv.ConvertOptions(column_types={n: pa.string() for n in names}),
+)
 writer = None
 for batch in reader:
     batch = batch.append_column("prediction", pa.array(np.zeros(batch.num_rows)))
@@ -170,7 +177,7 @@ def main() -> None:
                     ]
                     for name in OUTPUTS
                 },
-                "floor: Arrow CSV in, CSV out": [
+                FLOOR_NAME: [
                     sys.executable,
                     "-c",
                     FLOOR,
@@ -190,7 +197,7 @@ def main() -> None:
                 for name, runs in results.items()
             }
             anchor = medians["mlflow models predict (JSON out)"][0]
-            floor = medians["floor: Arrow CSV in, CSV out"][0]
+            floor = medians[FLOOR_NAME][0]
             for name, (seconds, peak) in medians.items():
                 peaks.setdefault(name, []).append(peak)
                 print(

@@ -89,12 +89,18 @@ def test_every_protocol_form_scores_like_mlflow(client, wines, mlflow_pyfunc) ->
 
 def test_informational_endpoints(client, trained_model) -> None:
     assert client.get("/ping").status_code == 200
-    assert client.get("/health").json() == {
+    health = client.get("/health").json()
+    assert health == {
         "status": "ok",
         "model_loaded": True,
         "model_uri": trained_model.model_uri,
+        "model_version": health["model_version"],
+        "loaded_at": health["loaded_at"],
+        "follows_registry": False,  # a runs:/ URI names no alias to follow
+        "last_reload_failure": None,
         "pid": os.getpid(),  # the server runs in a thread of this process
     }
+    assert health["model_version"].startswith("m-")  # no registry version: the model id
     assert set(client.get("/version").json()) == {"winequality", "mlflow", "scikit-learn"}
     meta = client.get("/metadata").json()
     assert meta["run_id"] == trained_model.result.run_id

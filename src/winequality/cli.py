@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "app",
+    "drift",
     "main",
     "models",
     "predict",
@@ -64,6 +65,14 @@ out, err = _console(), _console(stderr=True)
 T = TypeVar("T")
 
 # Choices come from the library's registries, never a second copy of them.
+TOKEN_ENV = "WINEQUALITY_TOKEN"
+
+
+class _Switch(StrEnum):
+    on = "on"
+    off = "off"
+
+
 _WineColour = StrEnum("_WineColour", [("red", "red"), ("white", "white")])
 _FamilyChoice = StrEnum(  # type: ignore[misc]
     "_FamilyChoice", [(name.replace("-", "_"), name) for name in FAMILIES]
@@ -271,6 +280,14 @@ def predict(
             "--allow-out-of-range", help="Score values outside the physical ranges, with a warning."
         ),
     ] = False,
+    flag_outside: Annotated[
+        bool,
+        typer.Option(
+            "--flag-outside",
+            help="Add a column outside_training_range: true where a value lies beyond what the "
+            "model saw in training (such rows are always scored, and counted in a warning).",
+        ),
+    ] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Score a file with a logged model; every invalid cell is listed and nothing is written."""
@@ -293,6 +310,7 @@ def predict(
                 allow_out_of_range=allow_out_of_range,
                 tracking_uri=tracking_uri,
                 on_progress=bar.update,
+                flag_outside=flag_outside,
             )
         )
         bar.close()
@@ -376,16 +394,43 @@ def serve(
             help="Score values outside the physical ranges (warned in a header).",
         ),
     ] = False,
-    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    access_log: Annotated[
+        _Switch, typer.Option(help="One JSON line per request on standard error.")
+    ] = _Switch.on,
+    refresh: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="With models:/NAME@ALIAS, check every this many seconds where the alias "
+            "points and swap in the new version (0: never).",
+        ),
+    ] = 30.0,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file holding the bearer token every request but /ping and /health must "
+            f"carry (or set {TOKEN_ENV}).",
+        ),
+    ] = None,
+    metrics: Annotated[
+        _Switch, typer.Option(help="Prometheus metrics at /metrics and drift at /drift.")
+    ] = _Switch.on,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Serve a model over HTTP: MLflow's /invocations protocol, a page at /, OpenAPI."""
+    """Serve a model over HTTP: MLflow's /invocations protocol, a page at /, OpenAPI,
+    Prometheus metrics and drift; follows a registry alias."""
     from winequality.predict import load_scorer
     from winequality.serve import check_port
     from winequality.serve import serve as run_server
 
+    token = _guard(lambda: _read_token(token_file))
     _guard(lambda: check_port(host, port))
     scorer = _guard(lambda: load_scorer(model, tracking_uri))  # exit 2 before any socket
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        _warn(
+            f"{host} is reachable from other machines and no token is set: anyone who can "
+            f"reach it can score and read /metrics (use --token-file or {TOKEN_ENV})"
+        )
     err.print(
         f"serving {model} on http://{host}:{port}/ ({workers} worker"
         f"{'s' if workers > 1 else ''}); Ctrl+C or SIGTERM stops it"
@@ -399,8 +444,25 @@ def serve(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         allow_out_of_range=allow_out_of_range,
         tracking_uri=tracking_uri,
-        access_log=access_log,
+        access_log=access_log is _Switch.on,
+        refresh=refresh,
+        token=token,
+        metrics=metrics is _Switch.on,
     )
+
+
+def _read_token(path: Path | None) -> str | None:
+    from winequality.errors import ParameterError
+
+    if path is None:
+        return os.environ.get(TOKEN_ENV) or None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ParameterError(f"cannot read --token-file {path}: {exc.strerror}") from None
+    if not token:
+        raise ParameterError(f"--token-file {path} is empty")
+    return token
 
 
 @app.command(short_help="Tune a model family with Optuna; register and gate the best.")
@@ -603,6 +665,51 @@ def _print_sweep(result: SweepResult, config: SweepConfig) -> None:
         d = final.decision
         colour = "green" if d.alias == "champion" else "yellow"
         out.print(f"Registered {d.name} v{d.version} as [{colour}]{d.alias}[/]: {d.reason}")
+
+
+DRIFT_EXIT = 3  # a batch drifted: distinct from bad input (2) and bugs (1)
+
+
+@app.command(short_help="How far a batch is from the model's training data; exit 3 on drift.")
+def drift(
+    model: ModelOption,
+    input_path: Annotated[
+        Path, typer.Option("--input", help="CSV, Parquet or JSON, as `predict` reads them.")
+    ],
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write the reference vs batch plot here (.png, .svg or .pdf)."),
+    ] = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Compare a batch with the model's training data, feature by feature.
+
+    PSI (population stability index: < 0.1 stable, < 0.25 moderate, else drift) and a
+    two-sample Kolmogorov-Smirnov test against the reference profile logged with the model.
+    Exits 0 when no feature drifted and 3 when one did, so a pipeline can gate on it.
+    """
+    from winequality.predict import drift_file
+
+    result = _guard(lambda: drift_file(model, input_path, plot=plot, tracking_uri=tracking_uri))
+    table = Table(title=f"drift of {input_path} ({result.rows} rows) against {model}")
+    for column in ("feature", "PSI", "KS statistic", "KS p-value", "outside training", "verdict"):
+        table.add_column(column, justify="left" if column in ("feature", "verdict") else "right")
+    for f in result.features:
+        table.add_row(
+            f.feature,
+            f"{f.psi:.4f}",
+            f"{f.ks_statistic:.4f}",
+            f"{f.ks_pvalue:.2g}",
+            str(f.outside),
+            f.verdict,
+        )
+    out.print(table)
+    if result.plot is not None:
+        err.print(f"plot: {result.plot}")
+    if result.drifted:
+        err.print(f"drift in {len(result.drifted)} feature(s): {', '.join(result.drifted)}")
+        raise typer.Exit(DRIFT_EXIT)
+    err.print("no feature drifted")
 
 
 @app.command(short_help="List registered versions with aliases and held-out metrics.")

@@ -165,7 +165,9 @@ def _decode_json(
     try:
         payload = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"{what} is not valid JSON: {exc}") from None
+        payload = _lenient_json(content)  # NaN, Infinity: as MLflow's server parses them
+        if payload is _INVALID:
+            raise PayloadError(f"{what} is not valid JSON: {exc}") from None
     if from_file:  # files may hold what pandas and people write; both are unambiguous
         if isinstance(payload, list):
             payload = {"dataframe_records": payload}
@@ -178,6 +180,21 @@ def _decode_json(
     checked = parse_payload(payload, allow_out_of_range=allow_out_of_range)
     frame = _payload_frame(payload) if keep_frame else None
     return Decoded(checked, frame, "row", 0, what)
+
+
+_INVALID = object()
+
+
+def _lenient_json(content: bytes) -> Any:
+    """Python's JSON parser, which MLflow's server uses: it also reads the `NaN`, `Infinity`
+    and `-Infinity` that `json.dumps` writes. Those cells are then refused by the schema
+    check, by row and column, like any other bad value."""
+    import json
+
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return _INVALID
 
 
 def _payload_frame(payload: dict[str, Any]) -> pd.DataFrame:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from winequality import schema
+from winequality.drift import PROFILE_FILE, Profile
 from winequality.errors import ModelCheckError, ModelLoadError, first_line
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class LoadedModel:
     model_id: str | None
     signature: dict[str, Any]
     input_example: pd.DataFrame | None
+    profile: Profile | None = None  # the training data's reference profile, if logged
 
 
 def skops_trusted_types(estimator: Any) -> list[str]:
@@ -134,7 +136,9 @@ def log_datasets(wine: WineData, train_frame: pd.DataFrame, test_frame: pd.DataF
             mlflow.log_input(dataset, context=context)
 
 
-def log_model(estimator: Any, example: pd.DataFrame, name: str = MODEL_NAME) -> Any:
+def log_model(
+    estimator: Any, example: pd.DataFrame, profile: Profile | None, name: str = MODEL_NAME
+) -> Any:
     """Log a fitted pipeline under the active run, the way every winequality model is logged.
 
     Signature and input example come from the schema, the format is skops, requirements are
@@ -143,6 +147,7 @@ def log_model(estimator: Any, example: pd.DataFrame, name: str = MODEL_NAME) -> 
     """
     import mlflow
     import mlflow.sklearn
+    import orjson
 
     trusted = skops_trusted_types(estimator)
     logged_model_id: str | None = None
@@ -159,6 +164,11 @@ def log_model(estimator: Any, example: pd.DataFrame, name: str = MODEL_NAME) -> 
             skops_trusted_types=trusted or None,
         )
         logged_model_id = model_info.model_id
+        if profile is not None:  # inside the model's folder: it travels with the model
+            with tempfile.TemporaryDirectory(prefix="winequality-profile-") as folder:
+                path = Path(folder) / PROFILE_FILE
+                path.write_bytes(orjson.dumps(profile.to_dict()))
+                mlflow.MlflowClient().log_model_artifact(logged_model_id, str(path))
         verify(model_info.model_uri, example, estimator.predict(example))
     except BaseException:
         if logged_model_id is not None:
@@ -272,6 +282,10 @@ def load_local(local: Path, model_uri: str) -> LoadedModel:
     _check_signature(model_uri, meta.signature)
     estimator = _load_skops(local / flavor["pickled_model"], model_uri)
     example = meta.load_input_example(str(local))
+    try:
+        profile = Profile.read(local)
+    except Exception as exc:
+        raise ModelLoadError(f"{model_uri}: unreadable {PROFILE_FILE}: {first_line(exc)}") from exc
     return LoadedModel(
         uri=model_uri,
         estimator=estimator,
@@ -279,6 +293,7 @@ def load_local(local: Path, model_uri: str) -> LoadedModel:
         model_id=getattr(meta, "model_id", None),
         signature=meta.signature.to_dict() if meta.signature else {},
         input_example=pd.DataFrame(example) if example is not None else None,
+        profile=profile,
     )
 
 

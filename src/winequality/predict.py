@@ -21,17 +21,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from winequality import codecs, logged_model, schema, streaming
-from winequality.errors import SchemaError
+from winequality import codecs, drift, logged_model, schema, streaming
+from winequality.drift import Profile
+from winequality.errors import ParameterError, SchemaError
 from winequality.schema import FeatureIssue
 
 __all__ = [
+    "FLAG_COLUMN",
+    "DriftResult",
     "PredictResult",
     "Scorer",
+    "drift_file",
     "fold_linear",
     "load_scorer",
     "predict_file",
 ]
+
+
+FLAG_COLUMN = "outside_training_range"
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Scorer:
     input_example: pd.DataFrame | None
     weights: np.ndarray | None = None  # set when the pipeline folds into x @ w + b
     bias: float = 0.0
+    profile: Profile | None = None  # the training data's reference (drift, training range)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         if self.weights is not None:
@@ -108,6 +116,7 @@ def load_scorer(model_uri: str, tracking_uri: str | None = None) -> Scorer:
         input_example=loaded.input_example,
         weights=weights,
         bias=bias,
+        profile=loaded.profile,
     )
 
 
@@ -159,6 +168,7 @@ def predict_file(
     allow_out_of_range: bool = False,
     tracking_uri: str | None = None,
     on_progress: Progress | None = None,
+    flag_outside: bool = False,
 ) -> PredictResult:
     """Score a file; write `prediction` next to the inputs (or only next to `id_column`).
 
@@ -167,6 +177,10 @@ def predict_file(
     nothing is written and the result holds the frame and predictions in memory. Raises
     SchemaError listing every problem of the whole file, and writes nothing, if any row is
     invalid; the model is not even loaded when the first batch is already invalid.
+
+    Rows beyond the model's training range (its reference profile, with a margin) are scored
+    and listed among the warnings; `flag_outside` also adds a boolean column
+    `outside_training_range`.
     """
     source = streaming.open_input(input_path, allow_out_of_range=allow_out_of_range)
     if id_column is not None and id_column not in source.names:
@@ -178,7 +192,9 @@ def predict_file(
         output_path = None
     if output_path is not None:
         codecs.media_type_for(output_path)  # refuse an unknown output type before reading
-    run = _StreamRun(source, model_uri, tracking_uri, id_column, output_path, on_progress)
+    run = _StreamRun(
+        source, model_uri, tracking_uri, id_column, output_path, on_progress, flag_outside
+    )
     types: dict[str, Any] = {}
     while True:
         try:
@@ -195,7 +211,24 @@ class _StreamRun:
     id_column: str | None
     output_path: Path | None
     on_progress: Progress | None
+    flag_outside: bool = False
     scorer: Scorer | None = None  # loaded at the first valid batch, kept across re-reads
+
+    def _training_range(
+        self, table: Any, batch: streaming.Batch, problems: streaming.Problems
+    ) -> Any:
+        """Warn about (and optionally flag) rows beyond what the model was trained on."""
+        import pyarrow as pa
+
+        assert self.scorer is not None
+        assert self.scorer.profile is not None
+        features = batch.validation.features
+        outside = drift.outside_training(self.scorer.profile, features)
+        for issue in _outside_issues(self.scorer.profile, outside, features):
+            problems.add_warning(issue, batch.start)
+        if self.flag_outside:
+            table = table.append_column(FLAG_COLUMN, pa.array(outside.any(axis=1)))
+        return table
 
     def once(self, types: dict[str, Any]) -> PredictResult:
         import pyarrow as pa
@@ -215,7 +248,10 @@ class _StreamRun:
                 if problems.ok:  # after the first problem, only check the rest
                     if self.scorer is None:
                         self.scorer = load_scorer(self.model_uri, self.tracking_uri)
-                    table = _output(batch, self.scorer.predict(batch.validation.features), self)
+                    features = batch.validation.features
+                    table = _output(batch, self.scorer.predict(features), self)
+                    if self.scorer.profile is not None:
+                        table = self._training_range(table, batch, problems)
                     if writer is not None:
                         writer.write(table)
                     else:
@@ -238,6 +274,26 @@ class _StreamRun:
         frame = pa.concat_tables(kept).to_pandas() if kept else pd.DataFrame()
         predictions = frame["prediction"].to_numpy() if kept else np.empty(0)
         return PredictResult(rows, warned, predictions, frame, source.row_label)
+
+
+def _outside_issues(
+    profile: Profile, outside: np.ndarray, features: np.ndarray
+) -> list[FeatureIssue]:
+    issues = []
+    for j in np.flatnonzero(outside.any(axis=0)):
+        feature = profile.features[j]
+        rows = np.flatnonzero(outside[:, j])
+        issues.append(
+            FeatureIssue(
+                "outside_training",
+                feature.name,
+                f"outside the model's training range [{feature.minimum:g}, "
+                f"{feature.maximum:g}] (scored anyway)",
+                tuple(rows.tolist()),
+                tuple(features[rows[: schema.SAMPLE_VALUES], j].tolist()),
+            )
+        )
+    return issues
 
 
 def _output(batch: streaming.Batch, predictions: np.ndarray, run: _StreamRun) -> Any:
@@ -265,3 +321,76 @@ def _features_as_numbers(table: Any, features: np.ndarray) -> Any:
             index = table.column_names.index(name)
             table = table.set_column(index, name, pa.array(features[:, j], type=pa.float64()))
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Drift of a batch against the model's training data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    model_uri: str
+    rows: int
+    features: list[drift.FeatureDrift]
+    plot: Path | None
+
+    @property
+    def drifted(self) -> list[str]:
+        return [f.feature for f in self.features if f.verdict == "drift"]
+
+
+def drift_file(
+    model_uri: str,
+    input_path: Path,
+    *,
+    plot: Path | None = None,
+    tracking_uri: str | None = None,
+) -> DriftResult:
+    """Compare a file of wines with the training data of `model_uri` (its reference profile):
+    PSI, a two-sample Kolmogorov-Smirnov test and a verdict per feature, and optionally a plot.
+
+    Raises SchemaError (the file's problems, as `predict` lists them) or ModelLoadError (no
+    model, or a model logged without a reference profile)."""
+    from winequality.errors import ModelLoadError
+
+    source = streaming.open_input(input_path, allow_out_of_range=True)
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ParameterError(f"--plot {plot}: write a .png, .svg or .pdf")
+    types: dict[str, Any] = {}
+    while True:
+        try:
+            problems, parts, rows = streaming.Problems(), [], 0
+            for batch in source.batches(types):
+                problems.add(batch.validation, batch.start)
+                rows = batch.start + batch.columns.num_rows
+                if problems.ok:
+                    parts.append(batch.validation.features)
+            break
+        except streaming.Retype as again:
+            types = again.types
+    if rows == 0:
+        problems.add(source.empty_check(), 0)
+    if not problems.ok or source.malformed:
+        line_of = source.line_of if source.row_label == "line" else None
+        raise SchemaError(
+            problems.listed("errors", line_of) + list(source.malformed),
+            what=source.what,
+            row_label=source.row_label,
+        )
+    scorer = load_scorer(model_uri, tracking_uri)
+    if scorer.profile is None:
+        raise ModelLoadError(
+            f"{model_uri} carries no reference profile of its training data (it was logged "
+            "before winequality kept one); train or sweep again to compare batches with it"
+        )
+    features = np.concatenate(parts)
+    report = drift.compare(scorer.profile, features)
+    written = None
+    if plot is not None:
+        from winequality.data import atomic_write
+
+        with atomic_write(plot) as partial:
+            drift.plot(scorer.profile, features, report, partial, plot.suffix[1:].lower())
+        written = plot
+    return DriftResult(model_uri, rows, report, written)

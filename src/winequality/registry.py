@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "GATE_TAG",
     "Decision",
+    "RegistryUri",
     "VersionInfo",
     "alias_version",
     "decide",
@@ -144,6 +145,29 @@ def gate(
     client.set_registered_model_alias(name, decision.alias, version)
     client.set_model_version_tag(name, version, GATE_TAG, decision.reason)
     return decision
+
+
+@dataclass(frozen=True)
+class RegistryUri:
+    """`models:/name@alias` or `models:/name/version`, taken apart."""
+
+    name: str
+    alias: str | None
+    version: str | None
+
+    @classmethod
+    def parse(cls, uri: str) -> RegistryUri | None:
+        """None for URIs that name no registered model (runs:/, models:/m-…, folders)."""
+        if not uri.startswith("models:/"):
+            return None
+        rest = uri[len("models:/") :].rstrip("/")
+        if "@" in rest:
+            name, alias = rest.rsplit("@", 1)
+            return cls(name, alias, None)
+        name, _, version = rest.rpartition("/")
+        if name and version.isdigit():
+            return cls(name, None, version)
+        return None
 
 
 def alias_version(client: Any, name: str, alias: str) -> str | None:

@@ -169,6 +169,7 @@ IssueKind = Literal[
     "not_integer",
     "rule",
     "bad_row",
+    "outside_training",
 ]
 SAMPLE_VALUES = 5  # offending values kept per issue for messages
 

@@ -15,15 +15,21 @@ no trace.
 from __future__ import annotations
 
 import copy
+import hmac
 import html
+import itertools
 import logging
 import os
+import time
 import uuid
-from functools import cache
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache, cached_property
 from importlib.metadata import version
 from importlib.resources import files
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,28 +37,35 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from winequality import codecs, schema
+from winequality import codecs, drift, registry, schema
 from winequality.errors import (
     ParameterError,
     PayloadTooLarge,
     UnsupportedMedia,
     WinequalityError,
+    first_line,
 )
+from winequality.metrics import MULTIPROC_ENV, ServerMetrics
 from winequality.predict import Scorer
-from winequality.schema import FeatureIssue
+from winequality.schema import FeatureIssue, Validation
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "Door",
     "Endpoints",
+    "ModelFollower",
+    "ServedModel",
     "app_from_environment",
     "check_port",
     "create_app",
     "openapi_document",
     "render_page",
     "serve",
+    "served_version",
 ]
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # a 10,000-row JSON body is about 2.5 MB
+DRAIN_LIMIT = 64 * 1024 * 1024  # read and drop this much of a body that is too large
 JSON = codecs.JSON
 ENV_PREFIX = "WINEQUALITY_SERVE_"
 log = logging.getLogger("winequality.serve")
@@ -82,74 +95,267 @@ def _media_type(request: Request) -> str:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing one past `limit` bytes as soon as that is known."""
+    """The whole body, refusing one past `limit` bytes.
+
+    A client that sends its whole body before reading the answer would see the connection
+    reset if the server answered 413 and closed mid-body; so the rest is read and dropped
+    first (up to DRAIN_LIMIT, past which the connection is closed anyway).
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        if int(declared) <= DRAIN_LIMIT:
+            await _drain(request)
         raise PayloadTooLarge(f"the body is {int(declared)} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            await _drain(request)
             raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _warning_header(issues: list[FeatureIssue]) -> dict[str, str]:
-    if not issues:
+async def _drain(request: Request) -> None:
+    drained = 0
+    async for chunk in request.stream():
+        drained += len(chunk)
+        if drained > DRAIN_LIMIT:
+            return
+
+
+def _warning_header(issues: list[FeatureIssue], extra: str = "") -> dict[str, str]:
+    texts = [i.describe() for i in issues[:5]] + ([extra] if extra else [])
+    if not texts:
         return {}
-    text = "; ".join(i.describe() for i in issues[:5])
+    text = "; ".join(texts)
     return {"X-Winequality-Warnings": text.encode("ascii", "replace").decode()[:1000]}
 
 
-class Endpoints:
-    """The routes of a server scoring one loaded model; fixed answers are encoded once."""
+# ---------------------------------------------------------------------------------------------
+# The model being served, and following the registry
+# ---------------------------------------------------------------------------------------------
 
-    def __init__(self, scorer: Scorer, *, max_body_bytes: int, allow_out_of_range: bool) -> None:
-        self.scorer = scorer
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model and what the server says about it; replaced whole, never changed."""
+
+    scorer: Scorer
+    version: str  # the registry version, or the model id when the URI names no version
+    loaded_at: float
+
+    @classmethod
+    def of(cls, scorer: Scorer, version: str | None = None) -> ServedModel:
+        return cls(scorer, version or scorer.model_id or "local", time.time())
+
+    @cached_property
+    def metadata(self) -> bytes:
+        document = {
+            **self.scorer.metadata(),
+            "version": self.version,
+            "loaded_at": _iso(self.loaded_at),
+            "reference_profile": self.scorer.profile is not None,
+        }
+        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def served_version(model_uri: str, tracking_uri: str | None = None) -> str | None:
+    """The registry version a `models:/` URI resolves to now (None for other URIs)."""
+    parts = registry.RegistryUri.parse(model_uri)
+    if parts is None:
+        return None
+    if parts.version is not None:
+        return parts.version
+    import mlflow
+
+    assert parts.alias is not None
+    return registry.alias_version(mlflow.MlflowClient(tracking_uri), parts.name, parts.alias)
+
+
+class ModelFollower:
+    """Holds the model being served; for `models:/name@alias`, follows the alias.
+
+    Every `refresh` seconds it asks the registry where the alias points. When it moved, the new
+    version is loaded on a thread (requests go on meanwhile), checked like any served model
+    (skops allow-list, signature = the feature schema), and swapped in with one assignment:
+    a request takes `current` once and finishes on that model. A version that fails to load
+    is refused: the old one keeps serving, and the failure shows in /health, the log and the
+    `winequality_model_reloads_total{outcome="failed"}` metric; it is not retried until the
+    alias moves again.
+    """
+
+    def __init__(
+        self,
+        served: ServedModel,
+        *,
+        model_uri: str,
+        refresh: float,
+        metrics: ServerMetrics | None,
+        tracking_uri: str | None = None,
+    ) -> None:
+        self.current = served
+        self.model_uri, self.refresh, self.metrics = model_uri, refresh, metrics
+        self.tracking_uri = tracking_uri
+        self.parts = registry.RegistryUri.parse(model_uri)
+        self.failure: dict[str, Any] | None = None
+        self._refused: str | None = None
+        if metrics is not None:
+            metrics.model_loaded(served.version, served.scorer.profile)
+
+    @property
+    def follows(self) -> bool:
+        return self.refresh > 0 and self.parts is not None and self.parts.alias is not None
+
+    async def run(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.refresh)
+            await asyncio.to_thread(self.check)
+
+    def check(self) -> bool:
+        """Ask the registry once; load and swap if the alias moved. True if swapped."""
+        from winequality.predict import load_scorer
+
+        assert self.parts is not None
+        assert self.parts.alias is not None
+        try:
+            import mlflow
+
+            version = registry.alias_version(
+                mlflow.MlflowClient(self.tracking_uri), self.parts.name, self.parts.alias
+            )
+        except Exception as exc:  # the registry is away: keep serving, say so
+            self._failed(None, f"cannot reach the registry: {first_line(exc)}")
+            return False
+        if version is None or version in (self.current.version, self._refused):
+            return False
+        uri = f"models:/{self.parts.name}/{version}"
+        try:
+            scorer = load_scorer(uri, self.tracking_uri)
+        except Exception as exc:
+            self._refused = version
+            self._failed(version, f"cannot serve {uri}: {first_line(exc)}")
+            return False
+        self.current = ServedModel.of(scorer, version)
+        self._refused, self.failure = None, None
+        log.warning("now serving %s (version %s)", uri, version)
+        if self.metrics is not None:
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.model_loaded(version, scorer.profile)
+        return True
+
+    def _failed(self, version: str | None, message: str) -> None:
+        self.failure = {"version": version, "message": message, "at": _iso(time.time())}
+        log.error(
+            "registry follow-up failed: %s (still serving version %s)",
+            message,
+            self.current.version,
+        )
+        if self.metrics is not None:
+            self.metrics.reloads.labels("failed").inc()
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------------------------
+
+
+class Endpoints:
+    """The routes of a server scoring the follower's current model."""
+
+    def __init__(
+        self,
+        follower: ModelFollower,
+        *,
+        max_body_bytes: int,
+        allow_out_of_range: bool,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.follower = follower
+        self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.allow_out_of_range = allow_out_of_range
+        scorer = follower.current.scorer
         versions = {
             "winequality": version("winequality"),
             "mlflow": version("mlflow"),
             "scikit-learn": version("scikit-learn"),
         }
-        metadata = scorer.metadata()
         self.fixed = {
-            "/health": orjson.dumps(
-                {
-                    "status": "ok",
-                    "model_loaded": True,
-                    "model_uri": scorer.model_uri,
-                    "pid": os.getpid(),  # which worker process answered
-                }
-            ),
             "/version": orjson.dumps(versions),
-            "/metadata": orjson.dumps(metadata, option=orjson.OPT_SERIALIZE_NUMPY),
             "/openapi.json": orjson.dumps(
-                openapi_document(scorer.model_uri, versions["winequality"])
+                openapi_document(follower.model_uri, versions["winequality"])
             ),
         }
-        self.page = render_page(metadata)
+        self.page = render_page(scorer.metadata())
 
     async def invocations(self, request: Request) -> Response:
+        served = self.follower.current  # this request's model, whatever swaps meanwhile
+        request.scope[VERSION_KEY] = served.version
         mime = _media_type(request)
         body = await _read_body(request, self.max_body_bytes)
         decoded = codecs.decode(
             body, mime, what="the body", allow_out_of_range=self.allow_out_of_range
         )
+        if not decoded.validation.ok and self.metrics is not None:
+            self.metrics.refused(decoded.validation.errors)
         decoded.raise_for_errors("the input")
         checked = decoded.validation
-        predictions = self.scorer.predict(checked.features)
+        predictions = served.scorer.predict(checked.features)
+        request.scope[ROWS_KEY] = len(predictions)
+        answer: dict[str, Any] = {"predictions": predictions}
+        extra = ""
+        outside = None
+        if served.scorer.profile is not None:
+            outside = drift.outside_training(served.scorer.profile, checked.features)
+            if outside.any():
+                answer["warnings"] = _outside_entries(served.scorer.profile, outside, checked)
+                extra = f"{int(outside.any(axis=1).sum())} rows outside the training range"
+        if self.metrics is not None:
+            self.metrics.accepted(checked.features, outside)
         return Response(
-            orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
+            orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY),
             media_type=JSON,
-            headers=_warning_header(checked.warnings),
+            headers={"X-Model-Version": served.version, **_warning_header(checked.warnings, extra)},
         )
 
     async def ping(self, request: Request) -> Response:
         return Response("\n", media_type=JSON)  # what MLflow's server answers
+
+    async def health(self, request: Request) -> Response:
+        served = self.follower.current
+        body = {
+            "status": "ok",
+            "model_loaded": True,
+            "model_uri": self.follower.model_uri,
+            "model_version": served.version,
+            "loaded_at": _iso(served.loaded_at),
+            "follows_registry": self.follower.follows,
+            "last_reload_failure": self.follower.failure,
+            "pid": os.getpid(),  # which worker process answered
+        }
+        return Response(orjson.dumps(body), media_type=JSON)
+
+    async def metadata(self, request: Request) -> Response:
+        return Response(self.follower.current.metadata, media_type=JSON)
+
+    async def metrics_text(self, request: Request) -> Response:
+        assert self.metrics is not None
+        return Response(
+            self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def drift_view(self, request: Request) -> Response:
+        assert self.metrics is not None
+        body = {"model_version": self.follower.current.version, **self.metrics.drift_view()}
+        return Response(orjson.dumps(body), media_type=JSON)
 
     async def fixed_answer(self, request: Request) -> Response:
         return Response(self.fixed[request.url.path], media_type=JSON)
@@ -159,12 +365,155 @@ class Endpoints:
 
     def routes(self) -> list[Route]:
         fixed = [Route(path, self.fixed_answer, methods=["GET"]) for path in self.fixed]
+        monitoring = []
+        if self.metrics is not None:
+            monitoring = [
+                Route("/metrics", self.metrics_text, methods=["GET"]),
+                Route("/drift", self.drift_view, methods=["GET"]),
+            ]
         return [
             Route("/invocations", self.invocations, methods=["POST"]),
             Route("/ping", self.ping, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metadata", self.metadata, methods=["GET"]),
+            *monitoring,
             *fixed,
             Route("/", self.index, methods=["GET"]),
         ]
+
+
+def _outside_entries(
+    profile: drift.Profile, outside: np.ndarray, checked: Validation, limit: int = 100
+) -> list[dict[str, Any]]:
+    rows, columns = np.nonzero(outside)
+    entries = []
+    for row, j in zip(rows[:limit].tolist(), columns[:limit].tolist(), strict=True):
+        feature = profile.features[j]
+        entries.append(
+            {
+                "row": row,
+                "column": feature.name,
+                "reason": f"outside the training range [{feature.minimum:g}, "
+                f"{feature.maximum:g}]; scored anyway",
+                "value": float(checked.features[row, j]),
+            }
+        )
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# The door: authentication, metrics and the access log, around every request
+# ---------------------------------------------------------------------------------------------
+
+OPEN_PATHS = frozenset({"/ping", "/health"})  # probes need no token
+ROUTES = frozenset(
+    {
+        "/invocations",
+        "/ping",
+        "/health",
+        "/metadata",
+        "/metrics",
+        "/drift",
+        "/version",
+        "/openapi.json",
+        "/",
+    }
+)
+VERSION_KEY, ROWS_KEY, REQUEST_ID_KEY = "winequality.version", "winequality.rows", "winequality.id"
+UNAUTHORIZED = _error_body(
+    "UNAUTHORIZED", "this server needs a bearer token (Authorization: Bearer …)"
+)
+
+
+class Door:
+    """Pure ASGI middleware: bearer-token check, request metrics and one JSON access-log line
+    per request (time, method, path, status, latency, rows, model version, request id)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        token: str | None,
+        metrics: ServerMetrics | None,
+        access_log: Any | None,
+    ) -> None:
+        self.app, self.metrics, self.access_log = app, metrics, access_log
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.counter = itertools.count(1)
+        self.prefix = f"{os.getpid():x}-"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        request_id = _header(scope, b"x-request-id") or self.prefix + str(next(self.counter))
+        scope[REQUEST_ID_KEY] = request_id
+        status = 500
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.expected is not None and path not in OPEN_PATHS and not self._authorized(scope):
+                await _send_unauthorized(sending)
+            else:
+                await self.app(scope, receive, sending)
+        finally:
+            seconds = time.perf_counter() - start
+            route = path if path in ROUTES else "other"
+            if self.metrics is not None:
+                self.metrics.observe(route, status, seconds)
+            if self.access_log is not None:
+                self.access_log.info(
+                    orjson.dumps(
+                        {
+                            "time": _iso_ms(time.time()),
+                            "method": scope["method"],
+                            "path": path,
+                            "status": status,
+                            "ms": round(seconds * 1000, 3),
+                            "rows": scope.get(ROWS_KEY),
+                            "model_version": scope.get(VERSION_KEY),
+                            "request_id": request_id,
+                        }
+                    ).decode()
+                )
+
+    def _authorized(self, scope: Any) -> bool:
+        given = _header(scope, b"authorization")
+        assert self.expected is not None
+        return given is not None and hmac.compare_digest(given.encode(), self.expected)
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _iso_ms(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+async def _send_unauthorized(send: Any) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", JSON.encode()),
+                (b"www-authenticate", b'Bearer realm="winequality"'),
+                (b"content-length", str(len(UNAUTHORIZED)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": UNAUTHORIZED})
 
 
 async def _known_error(request: Request, exc: Exception) -> Response:
@@ -183,7 +532,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _bug(request: Request, exc: Exception) -> Response:
     """A bug: logged with its trace under a request id; the client gets the id, no trace."""
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request.scope.get(REQUEST_ID_KEY) or uuid.uuid4().hex
     log.error(
         "request %s: %s %s failed", request_id, request.method, request.url.path, exc_info=exc
     )
@@ -199,20 +548,78 @@ async def _bug(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    scorer: Scorer, *, max_body_bytes: int = DEFAULT_MAX_BODY, allow_out_of_range: bool = False
-) -> Starlette:
-    """The ASGI app serving one loaded model."""
-    endpoints = Endpoints(
-        scorer, max_body_bytes=max_body_bytes, allow_out_of_range=allow_out_of_range
+    scorer: Scorer,
+    *,
+    model_uri: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    allow_out_of_range: bool = False,
+    refresh: float = 0.0,
+    token: str | None = None,
+    metrics: bool = True,
+    access_log: bool = False,
+    tracking_uri: str | None = None,
+) -> Any:
+    """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
+    `refresh` > 0 and the URI names an alias."""
+    import asyncio
+    import contextlib as _contextlib
+
+    model_uri = model_uri or scorer.model_uri
+    server_metrics = ServerMetrics() if metrics else None
+    follower = ModelFollower(
+        ServedModel.of(scorer, served_version(model_uri, tracking_uri)),
+        model_uri=model_uri,
+        refresh=refresh,
+        metrics=server_metrics,
+        tracking_uri=tracking_uri,
     )
-    return Starlette(
+    endpoints = Endpoints(
+        follower,
+        max_body_bytes=max_body_bytes,
+        allow_out_of_range=allow_out_of_range,
+        metrics=server_metrics,
+    )
+
+    @_contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        tasks = []
+        if follower.follows:
+            tasks.append(asyncio.create_task(follower.run()))
+        if server_metrics is not None and server_metrics.multiprocess:
+            tasks.append(asyncio.create_task(_flush_every_second(server_metrics)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    app = Starlette(
         routes=endpoints.routes(),
         exception_handlers={
             WinequalityError: _known_error,
             HTTPException: _http_error,
             Exception: _bug,
         },
+        lifespan=lifespan,
     )
+    app.state.follower = follower
+    door = Door(
+        app,
+        token=token,
+        metrics=server_metrics,
+        access_log=logging.getLogger("winequality.access") if access_log else None,
+    )
+    return door
+
+
+async def _flush_every_second(metrics: ServerMetrics) -> None:
+    """With several workers, each counts its queued inputs into the shared bins regularly, so
+    that whichever answers /metrics sees every worker's drift."""
+    import asyncio
+
+    while True:
+        await asyncio.sleep(1.0)
+        metrics.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,18 +728,27 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> Any:
     """Factory for uvicorn workers: each process loads the model named in the environment."""
     from winequality.predict import load_scorer
 
-    scorer = load_scorer(
-        os.environ[ENV_PREFIX + "MODEL"], os.environ.get(ENV_PREFIX + "TRACKING_URI") or None
-    )
-    return create_app(
-        scorer,
-        max_body_bytes=int(os.environ[ENV_PREFIX + "MAX_BODY"]),
-        allow_out_of_range=os.environ.get(ENV_PREFIX + "ALLOW") == "1",
-    )
+    settings = orjson.loads(os.environ[ENV_PREFIX + "SETTINGS"])
+    scorer = load_scorer(settings["model_uri"], settings["tracking_uri"])
+    _configure_access_log(settings["access_log"])
+    return create_app(scorer, **settings)
+
+
+def _configure_access_log(enabled: bool) -> None:
+    """JSON lines on standard error, nothing else around them."""
+    import sys
+
+    access = logging.getLogger("winequality.access")
+    access.propagate = False
+    access.setLevel(logging.INFO)
+    if enabled and not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
 
 
 def serve(
@@ -345,42 +761,52 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     allow_out_of_range: bool = False,
     tracking_uri: str | None = None,
-    access_log: bool = False,
+    access_log: bool = True,
+    refresh: float = 30.0,
+    token: str | None = None,
+    metrics: bool = True,
 ) -> None:
     """Load the model (failing fast on a bad URI) and serve it until SIGTERM/SIGINT.
 
-    uvicorn finishes in-flight requests on SIGTERM before exiting.
+    uvicorn finishes in-flight requests on SIGTERM before exiting. With `workers` > 1 every
+    worker loads the model, follows the registry and counts metrics in files that /metrics
+    sums (Prometheus's multiprocess mode).
     """
+    import tempfile
+
     import uvicorn
 
     from winequality.predict import load_scorer
+    from winequality.tracking import resolve_uri
 
     scorer = scorer or load_scorer(model_uri, tracking_uri)
+    _configure_access_log(access_log)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": "warning",
-        "access_log": access_log,
+        "access_log": False,  # ours: one JSON line per request
         "timeout_graceful_shutdown": 30,
         "http": "httptools",
         "loop": "auto",  # uvloop where it is installed (not on Windows)
     }
+    settings: dict[str, Any] = {
+        "model_uri": model_uri,
+        "max_body_bytes": max_body_bytes,
+        "allow_out_of_range": allow_out_of_range,
+        "refresh": refresh,
+        "token": token,
+        "metrics": metrics,
+        "access_log": access_log,
+        "tracking_uri": resolve_uri(tracking_uri) if tracking_uri else None,
+    }
     if workers <= 1:
-        uvicorn.run(
-            create_app(
-                scorer, max_body_bytes=max_body_bytes, allow_out_of_range=allow_out_of_range
-            ),
-            **options,
-        )
+        uvicorn.run(create_app(scorer, **settings), **options)
         return
-    from winequality.tracking import resolve_uri
-
-    os.environ.update(
-        {
-            ENV_PREFIX + "MODEL": model_uri,
-            ENV_PREFIX + "TRACKING_URI": resolve_uri(tracking_uri),
-            ENV_PREFIX + "MAX_BODY": str(max_body_bytes),
-            ENV_PREFIX + "ALLOW": "1" if allow_out_of_range else "0",
-        }
-    )
-    uvicorn.run("winequality.serve:app_from_environment", factory=True, workers=workers, **options)
+    with tempfile.TemporaryDirectory(prefix="winequality-metrics-") as folder:
+        # before the workers start: each then keeps its metric values in files here
+        os.environ[MULTIPROC_ENV] = folder
+        os.environ[ENV_PREFIX + "SETTINGS"] = orjson.dumps(settings).decode()
+        uvicorn.run(
+            "winequality.serve:app_from_environment", factory=True, workers=workers, **options
+        )

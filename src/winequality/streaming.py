@@ -86,6 +86,9 @@ class Problems:
             for issue in found:
                 _merge(into, issue, start)
 
+    def add_warning(self, issue: FeatureIssue, start: int) -> None:
+        _merge(self.warnings, issue, start)
+
     def add_error(self, issue: FeatureIssue) -> None:
         _merge(self.errors, issue, 0)
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from winequality import data as wine_data
 from winequality import evaluate, logged_model, model, registry, schema, tracking
+from winequality.drift import Profile
 from winequality.errors import ParameterError, SweepError, WinequalityError
 
 if TYPE_CHECKING:
@@ -756,7 +757,8 @@ def log_final_run(
         with tempfile.TemporaryDirectory() as folder:
             for path in evaluation_artifacts(Path(folder), plan, shared, refit):
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
-        info = logged_model.log_model(refit.estimator, schema.input_example(refit.x_train))
+        profile = Profile.from_features(refit.x_train.to_numpy(dtype=np.float64))
+        info = logged_model.log_model(refit.estimator, schema.input_example(refit.x_train), profile)
     return run.info.run_id, info.model_uri
 
 

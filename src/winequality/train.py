@@ -21,6 +21,7 @@ import pandas as pd
 
 from winequality import data as wine_data
 from winequality import evaluate, logged_model, schema, tracking
+from winequality.drift import Profile
 from winequality.errors import ParameterError
 from winequality.model import elasticnet
 from winequality.schema import FeatureIssue
@@ -137,7 +138,8 @@ def train(config: TrainConfig) -> TrainResult:
             }
         )
         _log_data_file(wine)
-        model_info = logged_model.log_model(estimator, example)
+        profile = Profile.from_features(train_x.to_numpy(dtype=np.float64))
+        model_info = logged_model.log_model(estimator, example, profile)
         artifact_uri = mlflow.get_artifact_uri()
 
     return TrainResult(
