@@ -1,6 +1,8 @@
 """`winequality serve` against `mlflow models serve` on the same logged model, same run.
 
-Both servers get one worker and the same wrk load (Debian's wrk; `apt-get install wrk`):
+Each server gets one worker and the same wrk load (Debian's wrk; `apt-get install wrk`):
+MLflow's, ours plain (`--metrics off --access-log off`) and ours as it starts by default
+(Prometheus metrics, drift accounting, a JSON access-log line per request, written to a file).
 one-row JSON bodies with 8 connections, then 10,000-row bodies with 2 connections. Prints
 req/s, p50 and p99 latency, rows/s, and each figure's ratio to MLflow's (the anchor).
 Usage: uv run python bench/serve.py [--seconds 10] [--data PATH]
@@ -23,6 +25,8 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PLAIN = "winequality serve --metrics off --access-log off"
+FULL = "winequality serve (metrics, drift, access log)"
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open("{body}"):read("*a")
@@ -140,23 +144,21 @@ def main() -> None:
             "-w",
             "1",
         ],
-        "winequality serve": lambda p: [
-            winequality,
-            "serve",
-            "--model",
-            result.model_uri,
-            "--port",
-            str(p),
+        PLAIN: lambda p: [
+            winequality, "serve", "--model", result.model_uri, "--port", str(p),
+            "--metrics", "off", "--access-log", "off",
         ],
-    }
+        FULL: lambda p: [winequality, "serve", "--model", result.model_uri, "--port", str(p)],
+    }  # fmt: skip
     table: dict[str, dict[str, float]] = {}
     for name, command in servers.items():
         port = free_port()
+        log = open(work / f"{port}.log", "wb")  # noqa: SIM115  (the access log lands here)
         process = subprocess.Popen(
             command(port),
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log,
             start_new_session=True,
         )
         try:
@@ -173,6 +175,9 @@ def main() -> None:
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
+            log.close()
+            logged = (work / f"{port}.log").read_bytes().count(b'"request_id"')
+            table[name]["logged"] = logged
     shutil.rmtree(work, ignore_errors=True)
     anchor = table["mlflow models serve"]
     print(
@@ -180,15 +185,20 @@ def main() -> None:
         f"{args.seconds}s each, {os.cpu_count()} cores shared with wrk"
     )
     print(
-        f"{'server':22} {'1-row req/s':>12} {'x':>6} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'server':44} {'1-row req/s':>12} {'x':>6} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'10k rows/s':>12} {'x':>6}"
     )
     for name, row in table.items():
         print(
-            f"{name:22} {row['rps']:12.0f} {row['rps'] / anchor['rps']:6.1f} "
+            f"{name:44} {row['rps']:12.0f} {row['rps'] / anchor['rps']:6.1f} "
             f"{row['p50']:8.2f} {row['p99']:8.2f} {row['rows']:12.0f} "
             f"{row['rows'] / anchor['rows']:6.1f}"
         )
+    full, plain = table[FULL], table[PLAIN]
+    print(
+        f"metrics + drift + access log on: {full['rps'] / plain['rps']:.1%} of the plain "
+        f"server's 1-row req/s, p99 {full['p99']:.2f} ms ({int(full['logged'])} access-log lines)"
+    )
 
 
 if __name__ == "__main__":

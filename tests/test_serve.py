@@ -463,6 +463,8 @@ def test_cli_serve_with_two_workers(trained_model, wines, mlflow_pyfunc) -> None
             str(port),
             "--workers",
             "2",
+            "--access-log",  # 320 lines would fill the stderr pipe nobody reads
+            "off",
         ],
         env=server_env(trained_model),
         stdout=subprocess.DEVNULL,

@@ -3,8 +3,8 @@ door; and `drift` / `predict` on a batch from another population (white wines)."
 
 from __future__ import annotations
 
+import io
 import json
-import logging
 import math
 import re
 import socket
@@ -255,7 +255,10 @@ def test_white_wines_drift_in_the_server_and_are_flagged_outside_training(
     scorer, red, white
 ) -> None:
     with ServerThread(create_app(scorer)) as url, httpx.Client(base_url=url, timeout=30) as http:
-        red_answer = http.post("/invocations", json=body(red.sample(400, random_state=0)))
+        few = http.post("/invocations", json=body(red.head(50)))
+        assert few.status_code == 200
+        assert http.get("/drift").json()["features"] == {}  # too few rows for a verdict
+        red_answer = http.post("/invocations", json=body(red.sample(350, random_state=0)))
         assert red_answer.status_code == 200
         assert "warnings" not in red_answer.json()
         assert http.get("/drift").json()["features"]["total sulfur dioxide"]["verdict"] == "stable"
@@ -333,6 +336,7 @@ def test_a_model_logged_without_a_profile_still_serves(trained_model, red, tmp_p
         assert http.get("/drift").json() == {
             "model_version": answer.headers["x-model-version"],
             "rows": 0,
+            "minimum_rows": 100,
             "profile": False,
             "features": {},
         }
@@ -374,15 +378,15 @@ def test_cli_reads_the_token_file_and_warns_on_an_open_network_address(
     assert "is empty" in answer.output
 
 
-def test_every_request_is_one_json_access_log_line(scorer, red, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="winequality.access")
+def test_every_request_is_one_json_access_log_line(scorer, red) -> None:
+    stream = io.BytesIO()
     with (
-        ServerThread(create_app(scorer, access_log=True)) as url,
+        ServerThread(create_app(scorer, access_log=stream)) as url,
         httpx.Client(base_url=url) as http,
     ):
         http.post("/invocations", json=body(red.head(3)), headers={"X-Request-Id": "abc-1"})
         http.get("/ping")
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "winequality.access"]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]  # flushed at shutdown
     assert [(line["method"], line["path"], line["status"]) for line in lines] == [
         ("POST", "/invocations", 200),
         ("GET", "/ping", 200),
@@ -400,6 +404,7 @@ def test_every_request_is_one_json_access_log_line(scorer, red, caplog) -> None:
     }
     assert (first["rows"], first["request_id"]) == (3, "abc-1")
     assert first["model_version"].startswith("m-")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
     assert lines[1]["request_id"] != "abc-1"
 
 

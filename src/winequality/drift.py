@@ -16,7 +16,7 @@ Knows nothing about MLflow or HTTP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,9 @@ class FeatureProfile:
 class Profile:
     rows: int
     features: tuple[FeatureProfile, ...]
+    _bounds: dict[float, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_features(cls, features: np.ndarray) -> Profile:
@@ -95,6 +98,16 @@ class Profile:
                 )
             )
         return cls(int(features.shape[0]), tuple(profiles))
+
+    def bounds(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) per feature: the training range widened by `margin` of itself."""
+        cached = self._bounds.get(margin)
+        if cached is None:
+            low = np.array([f.minimum for f in self.features])
+            high = np.array([f.maximum for f in self.features])
+            slack = (high - low) * margin
+            cached = self._bounds[margin] = (low - slack, high + slack)
+        return cached
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,10 +188,8 @@ def outside_training(
 ) -> np.ndarray:
     """A boolean (n, 11) mask: True where a value lies beyond the training range plus a
     margin of `margin` times that range."""
-    low = np.array([f.minimum for f in profile.features])
-    high = np.array([f.maximum for f in profile.features])
-    slack = (high - low) * margin
-    result: np.ndarray = (features < low - slack) | (features > high + slack)
+    low, high = profile.bounds(margin)
+    result: np.ndarray = (features < low) | (features > high)
     return result
 
 

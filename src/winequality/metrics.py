@@ -25,9 +25,10 @@ import numpy as np
 from winequality import drift
 from winequality.schema import FEATURE_NAMES
 
-__all__ = ["MULTIPROC_ENV", "ServerMetrics"]
+__all__ = ["MIN_DRIFT_ROWS", "MULTIPROC_ENV", "ServerMetrics"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MIN_DRIFT_ROWS = 100  # accepted rows before PSI is exported
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -169,6 +170,7 @@ class ServerMetrics:
         total = int(next(iter(rows.values())).sum()) if rows else 0
         return {
             "rows": total,
+            "minimum_rows": MIN_DRIFT_ROWS,  # no verdict before (PSI on a handful is noise)
             "profile": self.profile is not None,
             "features": {
                 name: {"psi": value, "verdict": drift.verdict(value)} for name, value in psi.items()
@@ -176,9 +178,12 @@ class ServerMetrics:
         }
 
     def psi(self, registry: Any) -> dict[str, float]:
+        """PSI per feature, once enough rows were accepted for it to mean something."""
         if self.profile is None:
             return {}
         counts = self._bin_counts(registry)
+        if not counts or next(iter(counts.values())).sum() < MIN_DRIFT_ROWS:
+            return {}
         result = {}
         for feature in self.profile.features:
             observed = counts.get(feature.name)

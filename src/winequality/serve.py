@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from functools import cache, cached_property
 from importlib.metadata import version
 from importlib.resources import files
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -51,6 +51,7 @@ from winequality.schema import FeatureIssue, Validation
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "AccessLog",
     "Door",
     "Endpoints",
     "ModelFollower",
@@ -318,6 +319,8 @@ class Endpoints:
             if outside.any():
                 answer["warnings"] = _outside_entries(served.scorer.profile, outside, checked)
                 extra = f"{int(outside.any(axis=1).sum())} rows outside the training range"
+            else:
+                outside = None
         if self.metrics is not None:
             self.metrics.accepted(checked.features, outside)
         return Response(
@@ -435,7 +438,7 @@ class Door:
         *,
         token: str | None,
         metrics: ServerMetrics | None,
-        access_log: Any | None,
+        access_log: AccessLog | None,
     ) -> None:
         self.app, self.metrics, self.access_log = app, metrics, access_log
         self.expected = f"Bearer {token}".encode() if token else None
@@ -469,19 +472,17 @@ class Door:
             if self.metrics is not None:
                 self.metrics.observe(route, status, seconds)
             if self.access_log is not None:
-                self.access_log.info(
-                    orjson.dumps(
-                        {
-                            "time": _iso_ms(time.time()),
-                            "method": scope["method"],
-                            "path": path,
-                            "status": status,
-                            "ms": round(seconds * 1000, 3),
-                            "rows": scope.get(ROWS_KEY),
-                            "model_version": scope.get(VERSION_KEY),
-                            "request_id": request_id,
-                        }
-                    ).decode()
+                self.access_log.write(
+                    {
+                        "time": self.access_log.timestamp(),
+                        "method": scope["method"],
+                        "path": path,
+                        "status": status,
+                        "ms": round(seconds * 1000, 3),
+                        "rows": scope.get(ROWS_KEY),
+                        "model_version": scope.get(VERSION_KEY),
+                        "request_id": request_id,
+                    }
                 )
 
     def _authorized(self, scope: Any) -> bool:
@@ -497,8 +498,34 @@ def _header(scope: Any, name: bytes) -> str | None:
     return None
 
 
-def _iso_ms(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+class AccessLog:
+    """JSON lines on a binary stream, written in bunches (every FLUSH_SECONDS and at shutdown)
+    rather than one write per request: the log costs the request path one list append."""
+
+    FLUSH_SECONDS = 0.2
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.lines: list[bytes] = []
+        self._second, self._prefix = -1, ""
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.lines.append(orjson.dumps(record))
+
+    def timestamp(self) -> str:
+        """ISO 8601 with milliseconds, the date part formatted once a second."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []
+        if lines:
+            self.stream.write(b"\n".join(lines) + b"\n")
+            self.stream.flush()
 
 
 async def _send_unauthorized(send: Any) -> None:
@@ -556,7 +583,7 @@ def create_app(
     refresh: float = 0.0,
     token: str | None = None,
     metrics: bool = True,
-    access_log: bool = False,
+    access_log: IO[bytes] | None = None,
     tracking_uri: str | None = None,
 ) -> Any:
     """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
@@ -580,18 +607,24 @@ def create_app(
         metrics=server_metrics,
     )
 
+    log = AccessLog(access_log) if access_log is not None else None
+
     @_contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         tasks = []
         if follower.follows:
             tasks.append(asyncio.create_task(follower.run()))
         if server_metrics is not None and server_metrics.multiprocess:
-            tasks.append(asyncio.create_task(_flush_every_second(server_metrics)))
+            tasks.append(asyncio.create_task(_every(1.0, server_metrics.flush)))
+        if log is not None:
+            tasks.append(asyncio.create_task(_every(AccessLog.FLUSH_SECONDS, log.flush)))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            if log is not None:
+                log.flush()
 
     app = Starlette(
         routes=endpoints.routes(),
@@ -607,19 +640,19 @@ def create_app(
         app,
         token=token,
         metrics=server_metrics,
-        access_log=logging.getLogger("winequality.access") if access_log else None,
+        access_log=log,
     )
     return door
 
 
-async def _flush_every_second(metrics: ServerMetrics) -> None:
-    """With several workers, each counts its queued inputs into the shared bins regularly, so
-    that whichever answers /metrics sees every worker's drift."""
+async def _every(seconds: float, action: Any) -> None:
+    """Run `action` every `seconds` (metrics' shared bins with several workers: whichever
+    worker answers /metrics then sees every worker's drift; the access log's bunches)."""
     import asyncio
 
     while True:
-        await asyncio.sleep(1.0)
-        metrics.flush()
+        await asyncio.sleep(seconds)
+        action()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,21 +767,14 @@ def app_from_environment() -> Any:
 
     settings = orjson.loads(os.environ[ENV_PREFIX + "SETTINGS"])
     scorer = load_scorer(settings["model_uri"], settings["tracking_uri"])
-    _configure_access_log(settings["access_log"])
-    return create_app(scorer, **settings)
+    return create_app(scorer, **_with_log_stream(settings))
 
 
-def _configure_access_log(enabled: bool) -> None:
-    """JSON lines on standard error, nothing else around them."""
+def _with_log_stream(settings: dict[str, Any]) -> dict[str, Any]:
+    """The access log goes to standard error when on."""
     import sys
 
-    access = logging.getLogger("winequality.access")
-    access.propagate = False
-    access.setLevel(logging.INFO)
-    if enabled and not access.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
+    return {**settings, "access_log": sys.stderr.buffer if settings["access_log"] else None}
 
 
 def serve(
@@ -780,7 +806,6 @@ def serve(
     from winequality.tracking import resolve_uri
 
     scorer = scorer or load_scorer(model_uri, tracking_uri)
-    _configure_access_log(access_log)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -801,7 +826,7 @@ def serve(
         "tracking_uri": resolve_uri(tracking_uri) if tracking_uri else None,
     }
     if workers <= 1:
-        uvicorn.run(create_app(scorer, **settings), **options)
+        uvicorn.run(create_app(scorer, **_with_log_stream(settings)), **options)
         return
     with tempfile.TemporaryDirectory(prefix="winequality-metrics-") as folder:
         # before the workers start: each then keeps its metric values in files here
