@@ -36,6 +36,7 @@ def test_every_module_is_covered() -> None:
         "registry",
         "schema",
         "serve",
+        "spark",
         "streaming",
         "studies",
         "sweep",

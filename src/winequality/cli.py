@@ -68,6 +68,11 @@ T = TypeVar("T")
 TOKEN_ENV = "WINEQUALITY_TOKEN"
 
 
+class _Engine(StrEnum):
+    local = "local"
+    spark = "spark"
+
+
 class _Switch(StrEnum):
     on = "on"
     off = "off"
@@ -288,13 +293,36 @@ def predict(
             "model saw in training (such rows are always scored, and counted in a warning).",
         ),
     ] = False,
+    engine: Annotated[
+        _Engine,
+        typer.Option(
+            help="local: this process, streaming; spark: Spark's executors (--input a file or "
+            "folder, --output a folder of predictions/ and quarantine/)."
+        ),
+    ] = _Engine.local,
+    spark_master: Annotated[
+        str, typer.Option(help="With --engine spark: any Spark master URL.")
+    ] = "local[*]",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="With --engine spark: replace an existing output.")
+    ] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Score a file with a logged model; every invalid cell is listed and nothing is written."""
+    """Score a file with a logged model; every invalid cell is listed and nothing is written.
+
+    With --engine spark, invalid rows are not fatal: they go to a quarantine output with
+    their reasons, and every input row lands in exactly one of the two outputs."""
     import shutil
     import tempfile
 
     from winequality.predict import predict_file
+
+    if engine is _Engine.spark:
+        _predict_on_spark(
+            model, input_path, output, id_column, flag_outside, allow_out_of_range,
+            spark_master, overwrite, tracking_uri,
+        )  # fmt: skip
+        return
 
     to_stdout = output is None or str(output) == "-"
     with tempfile.TemporaryDirectory(prefix="winequality-") as folder, _RowsProgress() as bar:
@@ -323,6 +351,47 @@ def predict(
             sys.stdout.flush()
         else:
             err.print(f"wrote {result.rows} predictions to {output}")
+
+
+def _predict_on_spark(
+    model: str,
+    input_path: Path,
+    output: Path | None,
+    id_column: str | None,
+    flag_outside: bool,
+    allow_out_of_range: bool,
+    master: str,
+    overwrite: bool,
+    tracking_uri: str | None,
+) -> None:
+    from winequality.errors import ParameterError
+
+    def run() -> Any:
+        from winequality.spark import predict_spark
+
+        if output is None or str(output) == "-":
+            raise ParameterError("--engine spark writes a folder: give it with --output DIR")
+        if id_column is not None or flag_outside:
+            raise ParameterError(
+                "--id-column and --flag-outside are for the local engine; Spark's outputs keep "
+                "every input column and the row's identity"
+            )
+        return predict_spark(
+            model,
+            str(input_path),
+            str(output),
+            master=master,
+            allow_out_of_range=allow_out_of_range,
+            overwrite=overwrite,
+            tracking_uri=tracking_uri,
+        )
+
+    result = _guard(run)
+    err.print(
+        f"{result.rows} rows on {result.master}: {result.predictions} scored into "
+        f"{result.output}/predictions, {result.quarantined} quarantined into "
+        f"{result.output}/quarantine"
+    )
 
 
 class _RowsProgress:

@@ -473,16 +473,13 @@ class Door:
                 self.metrics.observe(route, status, seconds)
             if self.access_log is not None:
                 self.access_log.write(
-                    {
-                        "time": self.access_log.timestamp(),
-                        "method": scope["method"],
-                        "path": path,
-                        "status": status,
-                        "ms": round(seconds * 1000, 3),
-                        "rows": scope.get(ROWS_KEY),
-                        "model_version": scope.get(VERSION_KEY),
-                        "request_id": request_id,
-                    }
+                    scope["method"],
+                    path,
+                    status,
+                    seconds,
+                    scope.get(ROWS_KEY),
+                    scope.get(VERSION_KEY),
+                    request_id,
                 )
 
     def _authorized(self, scope: Any) -> bool:
@@ -509,8 +506,35 @@ class AccessLog:
         self.lines: list[bytes] = []
         self._second, self._prefix = -1, ""
 
-    def write(self, record: dict[str, Any]) -> None:
-        self.lines.append(orjson.dumps(record))
+    def write(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        rows: int | None,
+        version: str | None,
+        request_id: str,
+    ) -> None:
+        """One line: time, method, path, status, ms, rows, model_version, request_id.
+
+        Formatted by hand (a few microseconds less than a dict through orjson, on every
+        request); what a client controls (path, request id) is JSON-escaped by orjson."""
+        dumps = orjson.dumps
+        self.lines.append(
+            b'{"time":"%s","method":%s,"path":%s,"status":%d,"ms":%.3f,"rows":%s,'
+            b'"model_version":%s,"request_id":%s}'
+            % (
+                self.timestamp().encode(),
+                dumps(method),
+                dumps(path),
+                status,
+                seconds * 1000,
+                b"null" if rows is None else b"%d" % rows,
+                dumps(version),
+                dumps(request_id),
+            )
+        )
 
     def timestamp(self) -> str:
         """ISO 8601 with milliseconds, the date part formatted once a second."""
@@ -614,7 +638,7 @@ def create_app(
         tasks = []
         if follower.follows:
             tasks.append(asyncio.create_task(follower.run()))
-        if server_metrics is not None and server_metrics.multiprocess:
+        if server_metrics is not None:  # accepted rows are binned once a second
             tasks.append(asyncio.create_task(_every(1.0, server_metrics.flush)))
         if log is not None:
             tasks.append(asyncio.create_task(_every(AccessLog.FLUSH_SECONDS, log.flush)))

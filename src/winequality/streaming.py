@@ -49,6 +49,7 @@ __all__ = [
     "Retype",
     "open_input",
     "open_writer",
+    "validate_table",
 ]
 
 BATCH_BYTES = 4 << 20  # CSV block (about 70,000 rows of wine measurements)
@@ -187,26 +188,37 @@ class Input:
         return line
 
     def _validate(self, table: pa.Table) -> Validation:
-        import pyarrow.compute as pc
+        return validate_table(table, self.names, allow_out_of_range=self.allow_out_of_range)
 
-        frame: dict[str, np.ndarray] = {}
-        for name, column in zip(self.names, table.columns, strict=True):
-            if name not in FEATURE_NAMES or name in frame:  # only features are checked
-                continue
-            if pa.types.is_string(column.type):  # CSV text, as written: numbers if it parses
-                with contextlib.suppress(pa.ArrowInvalid):
-                    column = pc.cast(column, pa.float64())
-            if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
-                frame[name] = column.to_numpy(zero_copy_only=False).astype(np.float64)
-            else:  # cell by cell, each problem named
-                frame[name] = np.asarray(column.to_pylist(), dtype=object)
-        return schema.validate_columns(
-            frame,
-            n_rows=table.num_rows,
-            column_order=self.names,
-            unknown="warn",
-            allow_out_of_range=self.allow_out_of_range,
-        )
+
+def validate_table(
+    table: pa.Table, names: list[str], *, allow_out_of_range: bool = False, decimal: str = "."
+) -> Validation:
+    """The schema check of an Arrow table whose columns are `names` (as `predict`, `serve` and
+    the Spark executors all check): text cells are parsed as numbers, and where a column has a
+    cell that is not one, checked cell by cell so that each problem is named."""
+    import pyarrow.compute as pc
+
+    frame: dict[str, np.ndarray] = {}
+    for name, column in zip(names, table.columns, strict=True):
+        if name not in FEATURE_NAMES or name in frame:  # only features are checked
+            continue
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            if decimal != ".":  # a spreadsheet export's decimal commas
+                column = pc.replace_substring(column, decimal, ".")
+            with contextlib.suppress(pa.ArrowInvalid):
+                column = pc.cast(column, pa.float64())
+        if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+            frame[name] = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        else:  # cell by cell, each problem named
+            frame[name] = np.asarray(column.to_pylist(), dtype=object)
+    return schema.validate_columns(
+        frame,
+        n_rows=table.num_rows,
+        column_order=names,
+        unknown="warn",
+        allow_out_of_range=allow_out_of_range,
+    )
 
 
 def _split_blank_tail(table: pa.Table) -> tuple[pa.Table, pa.Table | None]:

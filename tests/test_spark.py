@@ -1,0 +1,156 @@
+"""The spark tier: `predict --engine spark` against the batch path, on real Spark.
+
+Needs PySpark (`uv sync --extra spark`) and Java 17+; skips in one line without them, except
+where tiers are required (CI). Runs on `local[*]` and on `local-cluster[2,1,1024]`, whose
+executors are separate JVMs with their own Python workers, so that the model and the validator
+really cross a process boundary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from winequality import data
+from winequality.cli import app
+from winequality.errors import ModelLoadError, ParameterError, SchemaError
+from winequality.predict import predict_file
+from winequality.schema import FEATURE_NAMES
+
+from .conftest import tier_unavailable
+
+COLUMNS = list(FEATURE_NAMES)
+runner = CliRunner()
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def spark_available() -> None:
+    if importlib.util.find_spec("pyspark") is None:
+        tier_unavailable("spark", "PySpark is not installed", "uv sync --extra spark")
+    if shutil.which("java") is None:
+        tier_unavailable(
+            "spark", "Java is not installed", "apt-get install openjdk-17-jre-headless"
+        )
+
+
+def spark_predict(trained_model, source: Path, output: Path, **options):
+    from winequality.spark import predict_spark
+
+    return predict_spark(
+        trained_model.model_uri,
+        str(source),
+        str(output),
+        tracking_uri=trained_model.tracking_uri,
+        **options,
+    )
+
+
+def read(folder: Path) -> pd.DataFrame:
+    return pd.read_parquet(folder).sort_values("row_id").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("master", ["local[2]", "local-cluster[2,1,1024]"])
+def test_spark_scores_like_predict_to_the_last_bit(trained_model, tmp_path, master) -> None:
+    red = data.load().frame
+    source = tmp_path / "red.parquet"
+    red.to_parquet(source)
+    result = spark_predict(trained_model, source, tmp_path / "out", master=master)
+    assert (result.predictions, result.quarantined) == (len(red), 0)
+    scored = read(tmp_path / "out" / "predictions")
+    local = predict_file(trained_model.model_uri, source, tracking_uri=trained_model.tracking_uri)
+    assert local.predictions is not None
+    # Spark's row order is its own: match rows on their values
+    key = [*COLUMNS, "quality"]
+    merged = scored.merge(local.frame, on=key, suffixes=("_spark", "_local"))
+    assert len(merged) >= len(red)  # duplicates multiply; every row found
+    np.testing.assert_allclose(merged["prediction_spark"], merged["prediction_local"], atol=1e-9)
+    assert (tmp_path / "out" / "quarantine").is_dir()
+
+
+def test_a_mixed_file_splits_exactly_into_predictions_and_quarantine(
+    trained_model, tmp_path
+) -> None:
+    red = data.load().frame.head(40)
+    text = red.astype(object)
+    text.loc[3, "pH"] = 15.0  # out of range
+    text.loc[5, "alcohol"] = None  # missing
+    text.loc[7, "density"] = "dense"  # not a number
+    text.loc[9, "chlorides"] = -1  # negative
+    text.loc[11, "free sulfur dioxide"] = 90  # free > total: the SO2 rule
+    text.loc[11, "total sulfur dioxide"] = 50
+    folder = tmp_path / "in"
+    folder.mkdir()
+    text.iloc[:20].to_csv(folder / "part-1.csv", index=False)
+    text.iloc[20:].to_csv(folder / "part-2.csv", index=False)
+    result = spark_predict(trained_model, folder, tmp_path / "out")
+    assert result.rows == 40
+    assert (result.predictions, result.quarantined) == (35, 5)
+    quarantine = read(tmp_path / "out" / "quarantine")
+    predictions = read(tmp_path / "out" / "predictions")
+    assert len(quarantine) + len(predictions) == 40
+    assert set(quarantine.columns) >= {*COLUMNS, "problems", "source_file", "row_id"}
+    assert "prediction" not in quarantine.columns
+    reasons = " | ".join(quarantine["problems"])
+    for fragment in (
+        "pH: outside the physical range",
+        "alcohol: missing",
+        "density: not a number",
+        "chlorides: outside the physical range",
+        "free sulfur dioxide",
+    ):
+        assert fragment in reasons
+    assert predictions["prediction"].notna().all()
+    # the same reasons the batch path gives for the same cells
+    with pytest.raises(SchemaError) as caught:
+        predict_file(
+            trained_model.model_uri, folder / "part-1.csv", tracking_uri=trained_model.tracking_uri
+        )
+    assert "density: 1 value not a number" in str(caught.value)
+
+
+def test_an_existing_output_is_refused_and_a_bad_model_fails_before_any_task(
+    trained_model, tmp_path
+) -> None:
+    red = data.load().frame.head(10)
+    source = tmp_path / "red.parquet"
+    red.to_parquet(source)
+    output = tmp_path / "out"
+    output.mkdir()
+    with pytest.raises(ParameterError, match="exists; choose another --output or pass --overwrite"):
+        spark_predict(trained_model, source, output)
+    from winequality.spark import predict_spark
+
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        predict_spark(
+            "models:/absent@champion",
+            str(source),
+            str(tmp_path / "other"),
+            tracking_uri=trained_model.tracking_uri,
+        )
+    assert not (tmp_path / "other").exists()
+    result = spark_predict(trained_model, source, output, overwrite=True)
+    assert result.predictions == 10
+
+
+def test_cli_prints_the_counts(trained_model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    red = data.load().frame.head(30)
+    source = tmp_path / "red.csv"
+    red.to_csv(source, sep=";", index=False)
+    answer = runner.invoke(
+        app,
+        [
+            "predict", "--engine", "spark", "--model", trained_model.model_uri,
+            "--input", str(source), "--output", str(tmp_path / "out"),
+        ],
+    )  # fmt: skip
+    assert answer.exit_code == 0, answer.output
+    assert "30 rows on local[*]: 30 scored into" in answer.stderr
+    assert "0 quarantined" in answer.stderr
