@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,7 +72,9 @@ def predict_spark(
     with tempfile.TemporaryDirectory(prefix="winequality-spark-") as folder:
         archive = _checked_model_archive(model_uri, tracking_uri, Path(folder))
         try:
-            from pyspark.sql import SparkSession
+            with warnings.catch_warnings():  # PySpark's notice about pandas 3: not our path
+                warnings.simplefilter("ignore", FutureWarning)
+                from pyspark.sql import SparkSession
         except ImportError as exc:
             raise ParameterError(
                 "the spark engine needs PySpark: pip install 'winequality[spark]' (and Java 17+)"
@@ -92,7 +95,11 @@ def _new_session(master: str) -> Any:
 
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.master(master).appName("winequality predict")
+    builder = (
+        SparkSession.builder.master(master)
+        .appName("winequality predict")
+        .config("spark.ui.showConsoleProgress", "false")  # the command prints its own counts
+    )
     if not master.startswith("local") or os.environ.get("PYSPARK_PYTHON"):
         return builder.getOrCreate()  # on a cluster, PYSPARK_PYTHON names the executors' Python
     # Executors on this machine run this very Python, the one winequality is installed in
@@ -143,7 +150,8 @@ def _run(
         allow_out_of_range=allow_out_of_range,
         decimal=decimal,
     )
-    scored = frame.mapInArrow(scorer, schema).persist(StorageLevel.MEMORY_AND_DISK)
+    # cached on disk, not in the heap: the two writes read it, nothing is computed twice
+    scored = frame.mapInArrow(scorer, schema).persist(StorageLevel.DISK_ONLY)
     partial_output = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial_output, ignore_errors=True)
     try:
