@@ -14,6 +14,7 @@ no trace.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hmac
 import html
@@ -613,7 +614,6 @@ def create_app(
     """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
     `refresh` > 0 and the URI names an alias."""
     import asyncio
-    import contextlib as _contextlib
 
     model_uri = model_uri or scorer.model_uri
     server_metrics = ServerMetrics() if metrics else None
@@ -633,7 +633,7 @@ def create_app(
 
     log = AccessLog(access_log) if access_log is not None else None
 
-    @_contextlib.asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         tasks = []
         if follower.follows:
