@@ -22,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 OUTPUTS = ("out.csv", "out.parquet", "out.json")
@@ -70,11 +72,11 @@ def measure(command: list[str], cwd: Path) -> tuple[float, int]:
     return float(seconds), int(peak)
 
 
-def make_csv(path: Path, rows: int, seed: int = 0) -> None:
-    """The red data resampled to `rows`, jittered, written with Arrow in chunks."""
+def resampled(rows: int, seed: int = 0, decimals: int | None = None) -> Iterator[Any]:
+    """The red data resampled to `rows`, every feature jittered by up to 2 %, quality kept:
+    Arrow tables of at most 500,000 rows (bench/spark.py writes them as Parquet)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.csv as csv
 
     from winequality import data, schema
 
@@ -82,15 +84,24 @@ def make_csv(path: Path, rows: int, seed: int = 0) -> None:
     features = red[list(schema.FEATURE_NAMES)].to_numpy()
     quality = red[schema.TARGET.name].to_numpy()
     rng = np.random.default_rng(seed)
-    writer = None
     for start in range(0, rows, 500_000):
         n = min(500_000, rows - start)
         pick = rng.integers(0, len(red), n)
-        jittered = np.round(features[pick] * rng.uniform(0.98, 1.02, (n, features.shape[1])), 5)
+        jittered = features[pick] * rng.uniform(0.98, 1.02, (n, features.shape[1]))
+        if decimals is not None:
+            jittered = np.round(jittered, decimals)
         columns = [pa.array(jittered[:, j]) for j in range(features.shape[1])]
-        table = pa.table(
+        yield pa.table(
             [*columns, pa.array(quality[pick])], names=[*schema.FEATURE_NAMES, "quality"]
         )
+
+
+def make_csv(path: Path, rows: int, seed: int = 0) -> None:
+    """The resampled rows as a CSV file (numbers to 5 decimals, as lab results are)."""
+    import pyarrow.csv as csv
+
+    writer = None
+    for table in resampled(rows, seed, decimals=5):
         writer = writer or csv.CSVWriter(str(path), table.schema)
         writer.write_table(table)
     assert writer is not None

@@ -38,26 +38,13 @@ spark.stop()
 """
 
 
-def make_parquet(path: Path, rows: int, seed: int = 0) -> None:
-    import numpy as np
-    import pyarrow as pa
+def make_parquet(path: Path, rows: int) -> None:
     import pyarrow.parquet as pq
 
-    from winequality import data, schema
+    from predict import resampled  # bench/predict.py: the same rows as its CSV files
 
-    red = data.load().frame
-    features = red[list(schema.FEATURE_NAMES)].to_numpy()
-    quality = red[schema.TARGET.name].to_numpy()
-    rng = np.random.default_rng(seed)
     writer = None
-    for start in range(0, rows, 500_000):
-        n = min(500_000, rows - start)
-        pick = rng.integers(0, len(red), n)
-        jittered = features[pick] * rng.uniform(0.98, 1.02, (n, features.shape[1]))
-        table = pa.table(
-            [*(pa.array(jittered[:, j]) for j in range(features.shape[1])), quality[pick]],
-            names=[*schema.FEATURE_NAMES, "quality"],
-        )
+    for table in resampled(rows):
         writer = writer or pq.ParquetWriter(str(path), table.schema)
         writer.write_table(table)
     assert writer is not None

@@ -258,17 +258,7 @@ class _StreamRun:
                         kept.append(table)
                 if self.on_progress is not None:
                     self.on_progress(rows, source.bytes_read(), source.size)
-            if rows == 0:
-                problems.add(source.empty_check(), 0)
-            line_of = source.line_of if source.row_label == "line" else None
-            malformed = list(source.malformed)  # CSV lines, already numbered
-            if not problems.ok or malformed:
-                raise SchemaError(
-                    problems.listed("errors", line_of) + malformed,
-                    what=source.what,
-                    row_label=source.row_label,
-                )
-            warned = [w for w in problems.listed("warnings", line_of) if w.column != self.id_column]
+            warned = [w for w in source.finish(problems, rows) if w.column != self.id_column]
         if writer is not None:
             return PredictResult(rows, warned, row_label=source.row_label)
         frame = pa.concat_tables(kept).to_pandas() if kept else pd.DataFrame()
@@ -369,15 +359,7 @@ def drift_file(
             break
         except streaming.Retype as again:
             types = again.types
-    if rows == 0:
-        problems.add(source.empty_check(), 0)
-    if not problems.ok or source.malformed:
-        line_of = source.line_of if source.row_label == "line" else None
-        raise SchemaError(
-            problems.listed("errors", line_of) + list(source.malformed),
-            what=source.what,
-            row_label=source.row_label,
-        )
+    source.finish(problems, rows)
     scorer = load_scorer(model_uri, tracking_uri)
     if scorer.profile is None:
         raise ModelLoadError(

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from winequality import codecs, schema
 from winequality.data import atomic_write, detect_layout, read_bytes
-from winequality.errors import DataError, first_line
+from winequality.errors import DataError, SchemaError, first_line
 from winequality.schema import FEATURE_NAMES, FeatureIssue, Validation
 
 __all__ = [
@@ -90,9 +90,6 @@ class Problems:
     def add_warning(self, issue: FeatureIssue, start: int) -> None:
         _merge(self.warnings, issue, start)
 
-    def add_error(self, issue: FeatureIssue) -> None:
-        _merge(self.errors, issue, 0)
-
     @property
     def ok(self) -> bool:
         return not self.errors
@@ -143,7 +140,6 @@ class Input:
     skipped_lines: list[int] = field(default_factory=list)  # CSV lines not read as rows
     malformed: list[FeatureIssue] = field(default_factory=list)  # CSV lines, by number
     default_types: dict[str, pa.DataType] = field(default_factory=dict)  # Arrow types to read
-    trailing_blank: int = 0
 
     def bytes_read(self) -> int:
         return self._position()
@@ -170,7 +166,20 @@ class Input:
                     continue
             yield Batch(table, self._validate(table), start)
             start += table.num_rows
-        self.trailing_blank = sum(t.num_rows for t in pending_blank)
+
+    def finish(self, problems: Problems, rows: int) -> list[FeatureIssue]:
+        """After a whole read: raise SchemaError with every problem (a file with no rows
+        included), cited by line for CSV; otherwise the warnings, cited the same way."""
+        if rows == 0:
+            problems.add(self.empty_check(), 0)
+        line_of = self.line_of if self.row_label == "line" else None
+        if not problems.ok or self.malformed:
+            raise SchemaError(
+                problems.listed("errors", line_of) + list(self.malformed),  # already numbered
+                what=self.what,
+                row_label=self.row_label,
+            )
+        return problems.listed("warnings", line_of)
 
     def empty_check(self) -> Validation:
         """The check of a file with a header and no rows (what is missing, and no rows)."""
