@@ -1,11 +1,13 @@
 """`winequality serve` against `mlflow models serve` on the same logged model, same run.
 
-Each server gets one worker and the same wrk load (Debian's wrk; `apt-get install wrk`):
-MLflow's, ours plain (`--metrics off --access-log off`) and ours as it starts by default
-(Prometheus metrics, drift accounting, a JSON access-log line per request, written to a file).
-one-row JSON bodies with 8 connections, then 10,000-row bodies with 2 connections. Prints
-req/s, p50 and p99 latency, rows/s, and each figure's ratio to MLflow's (the anchor).
-Usage: uv run python bench/serve.py [--seconds 10] [--data PATH]
+Three servers on the same model, one worker each, pinned to core 0 (wrk on core 1): MLflow's,
+ours plain (`--metrics off --access-log off`) and ours as it starts by default (Prometheus
+metrics, drift accounting, a JSON access-log line per request, written to a file). The same wrk
+load (Debian's wrk; `apt-get install wrk`): one-row JSON bodies with 8 connections, in rounds
+that alternate the servers, then 10,000-row bodies with 2 connections. Prints req/s, p50 and
+p99 latency, the server's CPU time per request, rows/s, and each figure's ratio to MLflow's
+(the anchor); then, in process, the CPU per request of the ASGI app alone, plain against full.
+Usage: uv run python bench/serve.py [--seconds 10] [--rounds 3] [--data PATH]
 """
 
 from __future__ import annotations
@@ -55,9 +57,18 @@ def to_ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
+def pinned(core: int) -> list[str]:
+    """A command prefix keeping a process on one core (servers on core 0, wrk on core 1), so
+    that the load generator and the server do not take turns on the same core."""
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(core)]
+
+
 def run_wrk(port: int, script: Path, connections: int, seconds: int) -> dict[str, float]:
     out = subprocess.run(
         [
+            *pinned(1),
             "wrk",
             "-t",
             "1" if connections < 4 else "2",
@@ -78,6 +89,7 @@ def run_wrk(port: int, script: Path, connections: int, seconds: int) -> dict[str
         raise RuntimeError(f"non-2xx answers during the load:\n{out}")
     latency = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)$", out, re.M))
     return {
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore
         "p50": to_ms(latency["50"]),
         "p99": to_ms(latency["99"]),
@@ -87,6 +99,7 @@ def run_wrk(port: int, script: Path, connections: int, seconds: int) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating 1-row rounds")
     parser.add_argument("--data", default=None, help="a CSV; default: the shipped red data")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -150,55 +163,155 @@ def main() -> None:
         ],
         FULL: lambda p: [winequality, "serve", "--model", result.model_uri, "--port", str(p)],
     }  # fmt: skip
-    table: dict[str, dict[str, float]] = {}
+    started = {}
+    logs = {}
     for name, command in servers.items():
         port = free_port()
-        log = open(work / f"{port}.log", "wb")  # noqa: SIM115  (the access log lands here)
-        process = subprocess.Popen(
-            command(port),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
+        logs[name] = open(work / f"{port}.log", "wb")  # noqa: SIM115  (the access log lands here)
+        started[name] = (
+            port,
+            subprocess.Popen(
+                [*pinned(0), *command(port)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=logs[name],
+                start_new_session=True,
+            ),
         )
-        try:
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    table: dict[str, dict[str, float]] = {}
+    try:
+        for port, _ in started.values():
             wait_ready(port)
             run_wrk(port, bodies[1], 8, 2)  # warm-up
-            one = run_wrk(port, bodies[1], 8, args.seconds)
+        # The rounds alternate the servers, so that a slow spell of this shared machine
+        # lands on each of them; the table shows the median round.
+        for _ in range(args.rounds):
+            for name, (port, process) in started.items():
+                before = cpu_seconds(process.pid)
+                one = run_wrk(port, bodies[1], 8, args.seconds)
+                one["cpu_us"] = (cpu_seconds(process.pid) - before) / one["requests"] * 1e6
+                rounds[name].append(one)
+        for name, (port, _) in started.items():
             big = run_wrk(port, bodies[10_000], 2, args.seconds)
-            table[name] = {
-                "rps": one["rps"],
-                "p50": one["p50"],
-                "p99": one["p99"],
-                "rows": big["rps"] * 10_000,
-            }
-        finally:
+            middle = sorted(rounds[name], key=lambda r: r["rps"])[len(rounds[name]) // 2]
+            table[name] = {**middle, "rows": big["rps"] * 10_000}
+    finally:
+        for name, (_, process) in started.items():
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
-            log.close()
-            logged = (work / f"{port}.log").read_bytes().count(b'"request_id"')
-            table[name]["logged"] = logged
-    shutil.rmtree(work, ignore_errors=True)
+            logs[name].close()
+            logged = Path(logs[name].name).read_bytes().count(b'"request_id"')
+            table.setdefault(name, {})["logged"] = logged
     anchor = table["mlflow models serve"]
     print(
-        f"one worker each, wrk: 1-row bodies x 8 connections, 10k-row bodies x 2 connections, "
-        f"{args.seconds}s each, {os.cpu_count()} cores shared with wrk"
+        f"one worker each, wrk: 1-row bodies x 8 connections ({args.rounds} alternating rounds, "
+        f"median shown), 10k-row bodies x 2 connections, {args.seconds}s each, "
+        f"{os.cpu_count()} cores: {'servers on core 0, wrk on core 1' if pinned(0) else 'shared'}"
     )
     print(
         f"{'server':44} {'1-row req/s':>12} {'x':>6} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'10k rows/s':>12} {'x':>6}"
+        f"{'CPU us/req':>10} {'10k rows/s':>12} {'x':>6}"
     )
     for name, row in table.items():
         print(
             f"{name:44} {row['rps']:12.0f} {row['rps'] / anchor['rps']:6.1f} "
-            f"{row['p50']:8.2f} {row['p99']:8.2f} {row['rows']:12.0f} "
+            f"{row['p50']:8.2f} {row['p99']:8.2f} {row['cpu_us']:10.0f} {row['rows']:12.0f} "
             f"{row['rows'] / anchor['rows']:6.1f}"
         )
     full, plain = table[FULL], table[PLAIN]
+    ratios = [f["rps"] / p["rps"] for f, p in zip(rounds[FULL], rounds[PLAIN], strict=True)]
     print(
         f"metrics + drift + access log on: {full['rps'] / plain['rps']:.1%} of the plain "
-        f"server's 1-row req/s, p99 {full['p99']:.2f} ms ({int(full['logged'])} access-log lines)"
+        f"server's 1-row req/s (rounds: {', '.join(f'{r:.1%}' for r in ratios)}); server CPU "
+        f"per request {full['cpu_us']:.0f} us against {plain['cpu_us']:.0f} us "
+        f"({plain['cpu_us'] / full['cpu_us']:.1%}); p99 {full['p99']:.2f} ms "
+        f"({int(full['logged'])} access-log lines)"
     )
+    print()
+    in_process(result.model_uri, (work / "body-1.json").read_bytes())
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def in_process(model_uri: str, body: bytes, requests: int = 20_000, rounds: int = 5) -> None:
+    """The second table: CPU time per one-row request of the ASGI app alone (no sockets, no
+    uvicorn), plain against full, alternating; the per-request cost of the additions, with the
+    bunches they queue folded (metrics) and written (access log) every 1,000 requests."""
+    import asyncio
+    import io
+
+    from winequality.predict import load_scorer
+    from winequality.serve import create_app
+
+    scorer = load_scorer(model_uri)
+    apps = {
+        PLAIN: create_app(scorer, metrics=False, access_log=None),
+        FULL: create_app(scorer, metrics=True, access_log=io.BytesIO()),
+    }
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/invocations",
+        "raw_path": b"/invocations",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"answered {message['status']}")
+
+    async def load(app: object, n: int) -> float:
+        start = time.process_time()
+        for i in range(n):
+            await app(dict(scope), receive, send)  # type: ignore[operator]
+            if i % 1000 == 999:
+                if app.metrics is not None:  # type: ignore[attr-defined]
+                    app.metrics.flush()  # type: ignore[attr-defined]
+                if app.access_log is not None:  # type: ignore[attr-defined]
+                    app.access_log.flush()  # type: ignore[attr-defined]
+        return (time.process_time() - start) / n * 1e6
+
+    async def measure() -> dict[str, list[float]]:
+        for app in apps.values():
+            await load(app, 2000)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in apps}
+        for _ in range(rounds):
+            for name, app in apps.items():
+                times[name].append(await load(app, requests))
+        return times
+
+    times = asyncio.run(measure())
+    print(
+        f"in process, the ASGI app alone: CPU per 1-row request, median of {rounds} "
+        f"alternating rounds of {requests:,}"
+    )
+    plain = sorted(times[PLAIN])[rounds // 2]
+    for name, values in times.items():
+        middle = sorted(values)[rounds // 2]
+        print(f"{name:44} {middle:8.1f} us  (+{middle - plain:.1f} us)")
+
+
+def cpu_seconds(group: int) -> float:
+    """User + system CPU time so far of every process in a process group (a server and the
+    workers it started; Linux /proc)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == group:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

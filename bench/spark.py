@@ -4,7 +4,9 @@ One run, cold processes, on Parquet files of the red data resampled with 2 % noi
 rows by default), each command a fresh process on `local[*]`:
 - `mlflow.pyfunc.spark_udf` on the same model (its signature's type check only: no range
   checks, no quarantine), writing the predictions as Parquet: the anchor;
-- `winequality predict --engine spark` (every row checked, predictions/ + quarantine/);
+- `winequality predict --engine spark` (every row checked, predictions/ + quarantine/), and at
+  the first size again on a copy where 1 % of the rows have an impossible pH (a clean input
+  takes one pass; a second pass, checking only, writes the quarantine);
 - `winequality predict` in one process (streaming), Parquet to Parquet.
 Rows/s and the peak resident memory of the largest process (the driver's JVM, which in local
 mode also hosts the executors; the Python driver stays small because nothing is collected).
@@ -23,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DIRTY = "  the same, 1 % of rows with a bad cell"
 
 PLAIN_UDF = """
 import sys
@@ -38,13 +41,21 @@ spark.stop()
 """
 
 
-def make_parquet(path: Path, rows: int) -> None:
+def make_parquet(path: Path, rows: int, bad_share: float = 0.0) -> None:
+    """The resampled rows; with `bad_share`, that share of them has an impossible pH (15)."""
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from predict import resampled  # bench/predict.py: the same rows as its CSV files
 
+    rng = np.random.default_rng(1)
     writer = None
     for table in resampled(rows):
+        if bad_share:
+            ph = table.column("pH").to_numpy().copy()
+            ph[rng.random(len(ph)) < bad_share] = 15.0
+            table = table.set_column(table.schema.get_field_index("pH"), "pH", pa.array(ph))
         writer = writer or pq.ParquetWriter(str(path), table.schema)
         writer.write_table(table)
     assert writer is not None
@@ -94,16 +105,27 @@ def main() -> None:
                     "--output", str(root / f"single-{rows}.parquet"),
                 ],
             }  # fmt: skip
+            if rows == args.rows[0]:  # the second pass: only when some rows fail the check
+                dirty = root / f"wines-{rows}-dirty.parquet"
+                make_parquet(dirty, rows, bad_share=0.01)
+                commands[DIRTY] = [
+                    winequality, "predict", "--engine", "spark", "--model", model,
+                    "--input", str(dirty), "--output", str(root / f"dirty-{rows}"),
+                ]  # fmt: skip
+                order = [*list(commands)[:2], DIRTY, *list(commands)[2:-1]]
+                commands = {name: commands[name] for name in order}
             results = {name: measure(command, root) for name, command in commands.items()}
             anchor = rows / results["mlflow.pyfunc.spark_udf (no checks)"][0]
             for name, (seconds, peak) in results.items():
-                peaks.setdefault(name, []).append(peak)
+                if name != DIRTY:
+                    peaks.setdefault(name, []).append(peak)
                 rate = rows / seconds
                 print(
                     f"{rows:10,} {name:46} {seconds:8.2f} {rate:10,.0f} {rate / anchor:6.2f} "
                     f"{peak / 1e6:8.0f}"
                 )
-            source.unlink()
+            for parquet in root.glob("wines-*.parquet"):
+                parquet.unlink()
         if len(args.rows) > 1:
             print(f"peak memory at {args.rows[-1]:,} rows / at {args.rows[0]:,} rows:")
             for name, values in peaks.items():

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from winequality import data
 from winequality.cli import DRIFT_EXIT, app
 from winequality.drift import PROFILE_FILE
+from winequality.metrics import SETTLE_SECONDS
 from winequality.predict import FLAG_COLUMN, load_scorer, predict_file
 from winequality.schema import FEATURE_NAMES
 from winequality.serve import create_app
@@ -201,6 +202,7 @@ def test_every_worker_follows_and_metrics_add_up_across_workers(
         for _ in range(60):
             answer = httpx.post(f"{url}/invocations", json=body(red.head(3)), headers=close)
             assert answer.status_code == 200
+        time.sleep(2 * SETTLE_SECONDS)  # each worker folds what it counted every SETTLE_SECONDS
         scrapes = [httpx.get(f"{url}/metrics", headers=close).text for _ in range(10)]
         pids = {httpx.get(f"{url}/health", headers=close).json()["pid"] for _ in range(40)}
         assert len(pids) == 2  # both workers answer
@@ -218,6 +220,32 @@ def test_every_worker_follows_and_metrics_add_up_across_workers(
     for text in scrapes:  # whichever worker answered, the whole server's counts
         assert metric(text, "winequality_requests_total", route="/invocations", status="200") == 60
         assert metric(text, "winequality_rows_scored_total") == 180
+
+
+def test_an_alias_moved_while_the_server_started_names_the_version_it_loaded(
+    trained_model, scorer, red
+) -> None:
+    """Loaded from the alias's version 1; the alias moves to version 2 (another logged model)
+    before the server resolves it: the answers say 1, the version that scores them."""
+    from winequality.logged_model import log_model
+
+    name = "wine-startup-race"
+    client = mlflow.MlflowClient(trained_model.tracking_uri)
+    mlflow.set_tracking_uri(trained_model.tracking_uri)
+    first = mlflow.register_model(trained_model.model_uri, name).version
+    with mlflow.start_run():
+        other = log_model(scorer.estimator, red[COLUMNS].head(1), scorer.profile)
+    second = mlflow.register_model(other.model_uri, name).version
+    client.set_registered_model_alias(name, "champion", str(first))
+    uri = f"models:/{name}@champion"
+    loaded = load_scorer(uri, trained_model.tracking_uri)
+    client.set_registered_model_alias(name, "champion", str(second))
+    app = create_app(loaded, model_uri=uri, refresh=0, tracking_uri=trained_model.tracking_uri)
+    with ServerThread(app) as url, httpx.Client(base_url=url) as http:
+        answer = http.post("/invocations", json=body(red.head(1)))
+        metadata = http.get("/metadata").json()
+    assert answer.headers["x-model-version"] == str(first)
+    assert metadata["version"] == str(first)
 
 
 # --- metrics, drift, training range -------------------------------------------------------------

@@ -9,8 +9,11 @@ Drift is exported the same way: every worker counts the inputs it accepted into 
 profile's bins (counters, summed across workers), and the population stability index per
 feature is computed from the summed bins when `/metrics` or `/drift` is read.
 
-The request path costs a few counter increments: label children are bound once, and accepted
-rows are only queued (their bins are counted once a second, or at scrape time).
+The request path costs two appends: a request's route, status and latency, and the rows it
+accepted, are queued and folded into the metrics in bunches (every SETTLE_SECONDS, and before
+every scrape, so `/metrics` is always current for the worker that answers it). Folding a bunch
+costs less than the same updates one request at a time: one counter increment per route and
+status, one per reference bin, and the histogram's observations in one tight loop.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter as Tally
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -25,10 +30,11 @@ import numpy as np
 from winequality import drift
 from winequality.schema import FEATURE_NAMES
 
-__all__ = ["MIN_DRIFT_ROWS", "MULTIPROC_ENV", "ServerMetrics"]
+__all__ = ["MIN_DRIFT_ROWS", "MULTIPROC_ENV", "SETTLE_SECONDS", "ServerMetrics"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MIN_DRIFT_ROWS = 100  # accepted rows before PSI is exported
+SETTLE_SECONDS = 0.1  # how stale another worker's counts may be when one worker is scraped
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -91,8 +97,12 @@ class ServerMetrics:
             ["version", "feature", "bin"],
             registry=r,
         )
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._queue: list[np.ndarray] = []
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._histograms: dict[str, Any] = {}
+        # Filled by the event loop, drained by `flush` (the loop's timer, a scrape, or the
+        # registry follower's thread): deques, whose append and popleft are atomic.
+        self._requests: deque[tuple[str, int, float]] = deque()
+        self._accepted: deque[np.ndarray] = deque()
         self._lock = threading.Lock()
         self.profile: drift.Profile | None = None
         self.current = ""  # the version whose bins count
@@ -100,18 +110,10 @@ class ServerMetrics:
     # --- the request path --------------------------------------------------------------------
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        key = (route, str(status))
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(*key), self.latency.labels(route))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._requests.append((route, status, seconds))
 
     def accepted(self, features: np.ndarray, outside: np.ndarray | None) -> None:
-        self.rows.inc(features.shape[0])
-        if self.profile is not None:
-            self._queue.append(features)  # binned later, off the request path
+        self._accepted.append(features)  # counted and binned by `flush`
         if outside is not None:
             for j in np.flatnonzero(outside.any(axis=0)):
                 self.outside.labels(FEATURE_NAMES[j]).inc(int(outside[:, j].sum()))
@@ -132,16 +134,35 @@ class ServerMetrics:
     # --- reading -----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Count the queued inputs into the reference bins."""
+        """Fold the queued requests and accepted rows into the metrics."""
         with self._lock:
-            queued, self._queue = self._queue, []
-            if not queued or self.profile is None:
+            requests = _drain(self._requests)
+            if requests:
+                self._fold_requests(requests)
+            accepted = _drain(self._accepted)
+            if not accepted:
                 return
-            batch = np.concatenate(queued)
+            batch = np.concatenate(accepted)
+            self.rows.inc(batch.shape[0])
+            if self.profile is None:
+                return
             for j, feature in enumerate(self.profile.features):
                 counts = feature.bin_counts(batch[:, j])
                 for b in np.flatnonzero(counts):
                     self.bins.labels(self.current, feature.name, str(int(b))).inc(int(counts[b]))
+
+    def _fold_requests(self, requests: list[tuple[str, int, float]]) -> None:
+        # label children are bound once per route (and status): `labels` costs a lookup
+        for (route, status), count in Tally((r, s) for r, s, _ in requests).items():
+            counter = self._counters.get((route, status))
+            if counter is None:
+                counter = self._counters[route, status] = self.requests.labels(route, str(status))
+            counter.inc(count)
+        for route, _, seconds in requests:
+            histogram = self._histograms.get(route)
+            if histogram is None:
+                histogram = self._histograms[route] = self.latency.labels(route)
+            histogram.observe(seconds)
 
     def exposition(self) -> bytes:
         """The text format: this process's metrics, or the whole server's, plus PSI gauges."""
@@ -216,3 +237,8 @@ class ServerMetrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
+
+
+def _drain(queue: deque[Any]) -> list[Any]:
+    """Everything queued so far (appends racing with this land in the next drain)."""
+    return [queue.popleft() for _ in range(len(queue))]

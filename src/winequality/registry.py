@@ -31,6 +31,8 @@ __all__ = [
     "gate",
     "list_versions",
     "register",
+    "registered_from",
+    "version_holding",
 ]
 
 DEFAULT_MODEL_NAME = "wine-quality"
@@ -180,6 +182,25 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+
+
+def version_holding(client: Any, name: str, model_id: str) -> str | None:
+    """The (newest) version of `name` registered from the logged model `model_id`, if any."""
+    held = [int(v.version) for v in _versions_of(client, name) if registered_from(v) == model_id]
+    return str(max(held)) if held else None
+
+
+def registered_from(version: Any) -> str | None:
+    """The id of the logged model a model version was registered from, when it says (MLflow
+    fills `model_id` on some stores; `source` is `models:/<model_id>` when registered from one);
+    None for versions that name no logged model (MLflow 2's run artifacts)."""
+    model_id = getattr(version, "model_id", None)
+    if model_id:
+        return str(model_id)
+    source = str(getattr(version, "source", "") or "")
+    if source.startswith("models:/m-") and source.count("/") == 1:
+        return source.removeprefix("models:/")
+    return None
 
 
 def _versions_of(client: Any, name: str) -> list[Any]:

@@ -37,7 +37,6 @@ from winequality.errors import DataError, ParameterError, first_line
 __all__ = ["ROW_COLUMNS", "SparkResult", "predict_spark", "score_batches"]
 
 ROW_COLUMNS = ("source_file", "row_id")  # a row's identity in both outputs
-_OUTCOME = "_winequality_outcome"
 _SCORERS: dict[str, Any] = {}  # per executor Python process: the model, loaded once
 
 
@@ -121,7 +120,6 @@ def _run(
     target: Path,
     allow_out_of_range: bool,
 ) -> SparkResult:
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
@@ -135,31 +133,35 @@ def _run(
         ROW_COLUMNS[1], F.monotonically_increasing_id()
     )
     names = [c for c in frame.columns if c not in ROW_COLUMNS]
-    schema = StructType(
-        [
-            *frame.schema.fields,
-            StructField("prediction", DoubleType(), True),
-            StructField("problems", StringType(), True),
-            StructField(_OUTCOME, StringType(), False),
-        ]
-    )
-    scorer = partial(
+    check = partial(
         score_batches,
         archive=archive.name,
         names=names,
         allow_out_of_range=allow_out_of_range,
         decimal=decimal,
     )
-    # cached on disk, not in the heap: the two writes read it, nothing is computed twice
-    scored = frame.mapInArrow(scorer, schema).persist(StorageLevel.DISK_ONLY)
+    valid_schema = StructType([*frame.schema.fields, StructField("prediction", DoubleType())])
+    invalid_schema = StructType([*frame.schema.fields, StructField("problems", StringType())])
+    # Pass 1 scores and writes the valid rows, and counts the others (an accumulator: a task
+    # run twice can only count more, so "none" is exact). Pass 2, only when some row failed,
+    # checks the input again (no scoring) and writes the failed rows with their reasons: the
+    # check is deterministic, so both passes split the rows the same way. A clean input
+    # costs one pass, with no cache of the scored rows.
+    refused = spark.sparkContext.accumulator(0)
     partial_output = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial_output, ignore_errors=True)
     try:
-        valid = scored.filter(F.col(_OUTCOME) == "ok").drop("problems", _OUTCOME)
-        invalid = scored.filter(F.col(_OUTCOME) != "ok").drop("prediction", _OUTCOME)
-        valid.write.parquet(str(partial_output / "predictions"))
-        invalid.write.parquet(str(partial_output / "quarantine"))
-        # counted from the written files' footers: no third pass over the rows
+        frame.mapInArrow(partial(check, keep="valid", refused=refused), valid_schema).write.parquet(
+            str(partial_output / "predictions")
+        )
+        quarantine = str(partial_output / "quarantine")
+        if refused.value:
+            frame.mapInArrow(partial(check, keep="invalid"), invalid_schema).write.parquet(
+                quarantine
+            )
+        else:  # an empty data set that still has the columns
+            spark.createDataFrame([], invalid_schema).write.parquet(quarantine)
+        # counted from the written files' footers: no further pass over the rows
         counts = {
             "ok": _rows_in(partial_output / "predictions"),
             "quarantine": _rows_in(partial_output / "quarantine"),
@@ -167,8 +169,6 @@ def _run(
     except BaseException:
         shutil.rmtree(partial_output, ignore_errors=True)
         raise
-    finally:
-        scored.unpersist()
     if target.exists():  # --overwrite: replaced only now that the new output is whole
         shutil.rmtree(target)
     partial_output.replace(target)
@@ -195,41 +195,57 @@ def score_batches(
     names: list[str],
     allow_out_of_range: bool,
     decimal: str,
+    keep: str,
+    refused: Any = None,
 ) -> Iterator[Any]:
-    """In an executor: check each Arrow batch, score the valid rows, mark the others."""
+    """In an executor: check each Arrow batch; with `keep="valid"`, score the valid rows and
+    yield them with `prediction` (adding the number of the others to the `refused`
+    accumulator); with `keep="invalid"`, yield the failed rows with their `problems`."""
     import pyarrow as pa
 
     from winequality.streaming import validate_table
 
-    scorer = _executor_scorer(archive)
+    scorer = _executor_scorer(archive) if keep == "valid" else None
     for batch in batches:
-        table = pa.Table.from_batches([batch])
         checked = validate_table(
-            table.select(names).rename_columns(names),
+            pa.Table.from_batches([batch]).select(names).rename_columns(names),
             names,
             allow_out_of_range=allow_out_of_range,
             decimal=decimal,
         )
         n = batch.num_rows
-        problems: list[list[str]] = [[] for _ in range(n)]
+        bad = np.zeros(n, dtype=bool)
         for issue in checked.errors:
-            text = f"{issue.column}: {issue.reason}" if issue.column else issue.reason
-            for row in issue.rows if issue.rows else range(n):
-                problems[row].append(text)
-        bad = np.array([bool(p) for p in problems], dtype=bool)
-        prediction = np.full(n, np.nan)
-        if (~bad).any():
-            prediction[~bad] = scorer.predict(checked.features[~bad])
-        outcome = np.where(bad, "quarantine", "ok")
-        columns = [
-            *batch.columns,
-            pa.array(prediction, mask=bad, type=pa.float64()),
-            pa.array(["; ".join(p) if p else None for p in problems], type=pa.string()),
-            pa.array(outcome.tolist(), type=pa.string()),
-        ]
-        yield pa.RecordBatch.from_arrays(
-            columns, names=[*batch.schema.names, "prediction", "problems", _OUTCOME]
-        )
+            if issue.rows:
+                bad[list(issue.rows)] = True
+            else:  # a problem of the whole batch (a missing column): every row
+                bad[:] = True
+        if keep == "valid":
+            if refused is not None and bad.any():
+                refused.add(int(bad.sum()))
+            good = np.flatnonzero(~bad)
+            if len(good) == 0:
+                continue
+            scored = batch if len(good) == n else batch.take(pa.array(good))
+            prediction = scorer.predict(checked.features[good])  # type: ignore[union-attr]
+            yield pa.RecordBatch.from_arrays(
+                [*scored.columns, pa.array(prediction, type=pa.float64())],
+                names=[*batch.schema.names, "prediction"],
+            )
+        elif bad.any():
+            rows = np.flatnonzero(bad)
+            problems: dict[int, list[str]] = {int(row): [] for row in rows}
+            for issue in checked.errors:
+                text = f"{issue.column}: {issue.reason}" if issue.column else issue.reason
+                for row in issue.rows if issue.rows else range(n):
+                    problems[row].append(text)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    *batch.take(pa.array(rows)).columns,
+                    pa.array(["; ".join(problems[int(row)]) for row in rows], type=pa.string()),
+                ],
+                names=[*batch.schema.names, "problems"],
+            )
 
 
 def _executor_scorer(archive: str) -> Any:
