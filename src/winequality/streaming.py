@@ -402,9 +402,12 @@ def _parquet_input(path: Path, what: str, allow_out_of_range: bool) -> Input:
     def batches(types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
         done["rows"] = 0
         try:
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-                done["rows"] += batch.num_rows
-                yield batch
+            # one row group at a time: a single `iter_batches` over the whole file keeps what
+            # it read allocated until the end (apache/arrow#39808: 1.7x the peak at 5x the rows)
+            for group in range(parquet.num_row_groups):
+                for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group]):
+                    done["rows"] += batch.num_rows
+                    yield batch
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{what} is not readable Parquet: {first_line(exc)}") from exc
 
