@@ -4,9 +4,9 @@ One run, cold processes, on Parquet files of the red data resampled with 2 % noi
 rows by default), each command a fresh process on `local[*]`:
 - `mlflow.pyfunc.spark_udf` on the same model (its signature's type check only: no range
   checks, no quarantine), writing the predictions as Parquet: the anchor;
-- `winequality predict --engine spark` (every row checked, predictions/ + quarantine/), and at
-  the first size again on a copy where 1 % of the rows have an impossible pH (a clean input
-  takes one pass; a second pass, checking only, writes the quarantine);
+- `winequality predict --engine spark` (every row checked, predictions/ + quarantine/), and
+  again on a copy where 1 % of the rows have an impossible pH (a clean input takes one pass; a
+  second pass, checking only, writes the quarantine);
 - `winequality predict` in one process (streaming), Parquet to Parquet.
 Rows/s and the peak resident memory of the largest process (the driver's JVM, which in local
 mode also hosts the executors; the Python driver stays small because nothing is collected).
@@ -105,15 +105,15 @@ def main() -> None:
                     "--output", str(root / f"single-{rows}.parquet"),
                 ],
             }  # fmt: skip
-            if rows == args.rows[0]:  # the second pass: only when some rows fail the check
-                dirty = root / f"wines-{rows}-dirty.parquet"
-                make_parquet(dirty, rows, bad_share=0.01)
-                commands[DIRTY] = [
-                    winequality, "predict", "--engine", "spark", "--model", model,
-                    "--input", str(dirty), "--output", str(root / f"dirty-{rows}"),
-                ]  # fmt: skip
-                order = [*list(commands)[:2], DIRTY, *list(commands)[2:-1]]
-                commands = {name: commands[name] for name in order}
+            # the second pass: it runs only when some rows fail the check
+            dirty = root / f"wines-{rows}-dirty.parquet"
+            make_parquet(dirty, rows, bad_share=0.01)
+            commands[DIRTY] = [
+                winequality, "predict", "--engine", "spark", "--model", model,
+                "--input", str(dirty), "--output", str(root / f"dirty-{rows}"),
+            ]  # fmt: skip
+            order = [*list(commands)[:2], DIRTY, *list(commands)[2:-1]]
+            commands = {name: commands[name] for name in order}
             results = {name: measure(command, root) for name, command in commands.items()}
             anchor = rows / results["mlflow.pyfunc.spark_udf (no checks)"][0]
             for name, (seconds, peak) in results.items():

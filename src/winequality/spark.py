@@ -6,7 +6,8 @@ executors, batch by batch over Arrow (`mapInArrow`), checks every row with the s
 loaded by our loader (skops allow-list). Every input row lands in exactly one of two outputs:
 `OUTPUT/predictions/` (the input's columns, `prediction`) or `OUTPUT/quarantine/` (the input's
 columns and `problems`, the reasons the batch path gives), both Parquet, both with the row's
-identity (`source_file`, `row_id`). Nothing is collected to the driver.
+identity (`source_file`, `row_id`). Nothing is collected to the driver. A clean input is read
+once; when the first pass counted refused rows, a second, checking-only pass writes them.
 
 The model travels as MLflow's `spark_udf` sends it: the driver downloads it once, checks it
 (a model that cannot be loaded fails before any task runs), and ships the folder with
