@@ -71,7 +71,10 @@ def test_spark_scores_like_predict_to_the_last_bit(trained_model, tmp_path, mast
     merged = scored.merge(local.frame, on=key, suffixes=("_spark", "_local"))
     assert len(merged) >= len(red)  # duplicates multiply; every row found
     np.testing.assert_allclose(merged["prediction_spark"], merged["prediction_local"], atol=1e-9)
-    assert (tmp_path / "out" / "quarantine").is_dir()
+    empty = pd.read_parquet(tmp_path / "out" / "quarantine")  # no rows, but its columns
+    assert len(empty) == 0
+    assert set(empty.columns) >= {*COLUMNS, "source_file", "row_id", "problems"}
+    assert "prediction" not in empty.columns
 
 
 def test_a_mixed_file_splits_exactly_into_predictions_and_quarantine(
