@@ -5,7 +5,9 @@
    on the default journal storage and on SQLite; against
    - the floor: the same 500 cross-validation fits (100 trials x 5 grouped folds, the same
      parameters) with no tracking, in one process;
-   - 100 x one tutorial-style run (bench/seed_baseline.py, one timed, multiplied).
+   - 100 x one tutorial-style run (bench/seed_baseline.py, one timed, multiplied);
+   and the serial floor: cold processes that only import what a sweep needs, and that also
+   open a new mlflow.db, with the best `--jobs 2` speed-up they leave (Amdahl).
 2. Quality: the best of N TPE trials per family, CV RMSE under grouped and random folds on the
    75 % training split, and RMSE on held-out rows that share no wine with the training rows.
 Usage: uv run python bench/sweep.py [--trials 100] [--family-trials 25] [--skip-quality]
@@ -74,6 +76,23 @@ def trial_params(folder: Path, storage: str, study: str) -> list[dict[str, float
     return [t.params for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
+IMPORTS = "import winequality.cli, winequality.sweep, sklearn.linear_model, optuna, mlflow"
+NEW_STORE = IMPORTS + "; from winequality import tracking; tracking.connect('sqlite:///mlflow.db')"
+
+
+def serial_floor(root: Path, code: str, reps: int = 3) -> float:
+    """Median seconds of a cold process that only runs `code` (in a fresh folder each time):
+    the part of a sweep that no second worker can share."""
+    times = []
+    for rep in range(reps):
+        folder = root / f"serial-{abs(hash(code))}-{rep}"
+        folder.mkdir()
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], cwd=folder, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[reps // 2]
+
+
 def tutorial_run(root: Path) -> float:
     from train import tutorial_csv  # bench/train.py
 
@@ -101,6 +120,8 @@ def speed(root: Path, trials: int) -> None:
     }
     params = trial_params(runs["--jobs 1 (journal)"][1], "optuna.journal", "elasticnet-grouped")
     floor_seconds = floor(params)
+    imports = serial_floor(root, IMPORTS)
+    serial = serial_floor(root, NEW_STORE)
     tutorial = tutorial_run(root) * trials
     one = runs["--jobs 1 (journal)"][0]
     print(
@@ -111,12 +132,21 @@ def speed(root: Path, trials: int) -> None:
     rows = [(f"{trials} x one tutorial-style run (1 timed)", tutorial)]
     rows += [(f"winequality sweep {name}", seconds) for name, (seconds, _) in runs.items()]
     rows.append((f"floor: the same {len(params) * 5} CV fits, no tracking", floor_seconds))
+    rows.append(("serial: the imports, cold process", imports))
+    rows.append(("serial: the imports + opening a new mlflow.db", serial))
     for name, seconds in rows:
         print(
             f"{name:44} {seconds:8.2f} {seconds / floor_seconds:8.1f} {seconds / one:9.2f} "
             f"{seconds / tutorial:11.4f}"
         )
     print(f"--jobs 2 is {one / runs['--jobs 2 (journal)'][0]:.2f}x faster than --jobs 1")
+    # Amdahl, generously: only the imports and the new store count as serial (the final step,
+    # also serial, is counted as if two cores could share it)
+    best = one / (serial + (one - serial) / 2)
+    print(
+        f"at best {best:.2f}x with two cores: {serial:.2f} s of the {one:.2f} s are serial "
+        f"before the first trial (Amdahl)"
+    )
 
 
 def quality(root: Path, trials: int, family_trials: int, families: list[str]) -> None:
