@@ -157,3 +157,48 @@ def test_cli_prints_the_counts(trained_model, tmp_path, monkeypatch) -> None:
     assert answer.exit_code == 0, answer.output
     assert "30 rows on local[*]: 30 scored into" in answer.stderr
     assert "0 quarantined" in answer.stderr
+
+
+def test_uris_go_through_hadoops_file_system_in_a_session_left_running(
+    trained_model, tmp_path
+) -> None:
+    """`file://` URIs take the path `hdfs://` and `s3a://` take (Hadoop's FileSystem API in the
+    driver's JVM): listing, the CSV layout read from the first file's start, the existence
+    check, the footers' counts, the final rename. The notebook's session is used, not stopped."""
+    from pyspark.sql import SparkSession
+
+    from winequality.errors import DataError
+    from winequality.spark import SparkResult, _new_session, predict_spark
+
+    red = data.load().frame
+    folder = tmp_path / "lab results"  # a space, as Hadoop's paths take it
+    for year, rows in (("2025", red.head(700)), ("2026", red.iloc[700:])):  # partitioned
+        (folder / f"year={year}").mkdir(parents=True)
+        rows.to_csv(folder / f"year={year}" / "part-0.csv", sep=";", index=False)
+    (folder / "_SUCCESS").write_text("")
+    output = f"file://{tmp_path / 'scored'}"
+
+    def run(source: str, **options) -> SparkResult:
+        return predict_spark(
+            trained_model.model_uri,
+            source,
+            output,
+            tracking_uri=trained_model.tracking_uri,
+            **options,
+        )
+
+    spark = _new_session("local[2]")
+    try:
+        result = run(f"file://{folder}")
+        assert (result.output, result.predictions, result.quarantined) == (output, len(red), 0)
+        scored = read(tmp_path / "scored" / "predictions")
+        assert len(scored) == len(red)
+        assert scored["source_file"].str.contains("/year=202[56]/part-0.csv").all()
+        assert sorted(scored["year"].unique()) == [2025, 2026]  # the partition column kept
+        with pytest.raises(ParameterError, match="exists; choose another --output"):
+            run(f"file://{folder}")
+        with pytest.raises(DataError, match="no such input"):
+            run(f"file://{tmp_path / 'absent'}", overwrite=True)
+        assert SparkSession.getActiveSession() is spark  # left running for its owner
+    finally:
+        spark.stop()

@@ -258,19 +258,22 @@ def train(
 def predict(
     model: ModelOption,
     input_path: Annotated[
-        Path,
+        str,  # text, not a Path: with --engine spark it may be a URI (hdfs://, s3a://)
         typer.Option(
             "--input",
+            metavar="PATH",
             help="CSV (',' or ';'), Parquet or JSON (records, dataframe_split or pandas' "
-            "split layout); '-' reads standard input.",
+            "split layout); '-' reads standard input. With --engine spark: a file or folder, "
+            "local or a URI Spark reads (hdfs://, s3a://, abfss://).",
         ),
     ],
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--output",
+            metavar="PATH",
             help="A .csv, .parquet or .json file, written atomically; default (or '-'): CSV "
-            "on standard output.",
+            "on standard output. With --engine spark: a folder, local or a URI.",
         ),
     ] = None,
     id_column: Annotated[
@@ -324,15 +327,15 @@ def predict(
         )  # fmt: skip
         return
 
-    to_stdout = output is None or str(output) == "-"
+    to_stdout = output is None or output == "-"
     with tempfile.TemporaryDirectory(prefix="winequality-") as folder, _RowsProgress() as bar:
         # Standard output gets the CSV only once every row passed: it is written to a
         # temporary file first, as a file output is.
-        target = Path(folder) / "predictions.csv" if to_stdout else output
+        target = Path(folder) / "predictions.csv" if to_stdout else Path(str(output))
         result = _guard(
             lambda: predict_file(
                 model,
-                input_path,
+                Path(input_path),
                 target,
                 id_column=id_column,
                 allow_out_of_range=allow_out_of_range,
@@ -355,8 +358,8 @@ def predict(
 
 def _predict_on_spark(
     model: str,
-    input_path: Path,
-    output: Path | None,
+    input_path: str,
+    output: str | None,
     id_column: str | None,
     flag_outside: bool,
     allow_out_of_range: bool,
@@ -369,7 +372,7 @@ def _predict_on_spark(
     def run() -> Any:
         from winequality.spark import predict_spark
 
-        if output is None or str(output) == "-":
+        if output is None or output == "-":
             raise ParameterError("--engine spark writes a folder: give it with --output DIR")
         if id_column is not None or flag_outside:
             raise ParameterError(
@@ -378,8 +381,8 @@ def _predict_on_spark(
             )
         return predict_spark(
             model,
-            str(input_path),
-            str(output),
+            input_path,
+            output,
             master=master,
             allow_out_of_range=allow_out_of_range,
             overwrite=overwrite,

@@ -63,12 +63,17 @@ def predict_spark(
     overwrite: bool = False,
     tracking_uri: str | None = None,
 ) -> SparkResult:
-    """Score `input_path` on Spark; see the module's docstring."""
-    target = Path(output)
-    if target.exists() and not overwrite:
-        raise ParameterError(f"{output} exists; choose another --output or pass --overwrite")
-    source = Path(input_path)
-    kind, decimal, separator = _input_kind(source)
+    """Score `input_path` on Spark; see the module's docstring.
+
+    `input_path` and `output` are local paths (on a file system the executors share, such as
+    NFS) or URIs of any file system Spark's Hadoop layer reaches (`hdfs://`, `s3a://`,
+    `abfss://`, `file://`). Local paths are checked before Spark starts; URIs as soon as the
+    session is up, through Hadoop's FileSystem API: before any task either way.
+    """
+    checked_early = {}
+    for role, path in (("output", output), ("input", input_path)):
+        if not _is_uri(path):
+            checked_early[role] = _check(_LOCAL, role, path, overwrite)
     with tempfile.TemporaryDirectory(prefix="winequality-spark-") as folder:
         archive = _checked_model_archive(model_uri, tracking_uri, Path(folder))
         try:
@@ -82,9 +87,10 @@ def predict_spark(
         active = SparkSession.getActiveSession()
         spark = active or _new_session(master)
         try:
-            return _run(
-                spark, archive, source, kind, separator, decimal, target, allow_out_of_range
-            )
+            hadoop = _HadoopFiles(spark)
+            source = checked_early.get("input") or _check(hadoop, "input", input_path, overwrite)
+            target = checked_early.get("output") or _check(hadoop, "output", output, overwrite)
+            return _run(spark, archive, source, target, allow_out_of_range)
         finally:
             if active is None:  # ours: stopped; a notebook's session is left running
                 spark.stop()
@@ -112,23 +118,16 @@ def _new_session(master: str) -> Any:
 
 
 def _run(
-    spark: Any,
-    archive: Path,
-    source: Path,
-    kind: str,
-    separator: str,
-    decimal: str,
-    target: Path,
-    allow_out_of_range: bool,
+    spark: Any, archive: Path, source: _Located, target: _Located, allow_out_of_range: bool
 ) -> SparkResult:
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
     spark.sparkContext.addFile(str(archive))
-    if kind == "parquet":
-        frame = spark.read.parquet(str(source))
+    if source.kind == "parquet":
+        frame = spark.read.parquet(source.uri)
     else:  # every cell as text: the schema check reads it, as `predict` does
-        frame = spark.read.csv(str(source), header=True, sep=separator, inferSchema=False)
+        frame = spark.read.csv(source.uri, header=True, sep=source.separator, inferSchema=False)
     frame = frame.toDF(*[c.strip() for c in frame.columns])
     frame = frame.withColumn(ROW_COLUMNS[0], F.input_file_name()).withColumn(
         ROW_COLUMNS[1], F.monotonically_increasing_id()
@@ -139,7 +138,7 @@ def _run(
         archive=archive.name,
         names=names,
         allow_out_of_range=allow_out_of_range,
-        decimal=decimal,
+        decimal=source.decimal,
     )
     valid_schema = StructType([*frame.schema.fields, StructField("prediction", DoubleType())])
     invalid_schema = StructType([*frame.schema.fields, StructField("problems", StringType())])
@@ -149,13 +148,13 @@ def _run(
     # check is deterministic, so both passes split the rows the same way. A clean input
     # costs one pass, with no cache of the scored rows.
     refused = spark.sparkContext.accumulator(0)
-    partial_output = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial_output, ignore_errors=True)
+    files, partial_output = target.files, target.sibling(".partial")
+    files.delete(partial_output)
+    predictions, quarantine = f"{partial_output}/predictions", f"{partial_output}/quarantine"
     try:
         frame.mapInArrow(partial(check, keep="valid", refused=refused), valid_schema).write.parquet(
-            str(partial_output / "predictions")
+            predictions
         )
-        quarantine = str(partial_output / "quarantine")
         if refused.value:
             frame.mapInArrow(partial(check, keep="invalid"), invalid_schema).write.parquet(
                 quarantine
@@ -163,30 +162,175 @@ def _run(
         else:  # an empty data set that still has the columns
             spark.createDataFrame([], invalid_schema).write.parquet(quarantine)
         # counted from the written files' footers: no further pass over the rows
-        counts = {
-            "ok": _rows_in(partial_output / "predictions"),
-            "quarantine": _rows_in(partial_output / "quarantine"),
-        }
+        counts = (files.parquet_rows(predictions), files.parquet_rows(quarantine))
     except BaseException:
-        shutil.rmtree(partial_output, ignore_errors=True)
+        files.delete(partial_output)
         raise
-    if target.exists():  # --overwrite: replaced only now that the new output is whole
-        shutil.rmtree(target)
-    partial_output.replace(target)
-    return SparkResult(
-        str(target),
-        int(counts.get("ok", 0)),
-        int(counts.get("quarantine", 0)),
-        spark.sparkContext.master,
-    )
+    if files.exists(target.uri):  # --overwrite: replaced only now that the new output is whole
+        files.delete(target.uri)
+    files.rename(partial_output, target.uri)
+    return SparkResult(target.shown, counts[0], counts[1], spark.sparkContext.master)
 
 
-def _rows_in(folder: Path) -> int:
-    import pyarrow.parquet as pq
+# ---------------------------------------------------------------------------------------------
+# Where the data is: local paths, or any file system Hadoop reaches
+# ---------------------------------------------------------------------------------------------
 
-    return sum(
-        pq.read_metadata(part).num_rows for part in folder.glob("*.parquet") if part.is_file()
-    )
+
+def _is_uri(path: str) -> bool:
+    """`scheme://…` or `file:/…` (a Windows drive letter is not a scheme)."""
+    head, sep, _ = path.partition(":")
+    return bool(sep) and len(head) > 1 and head.replace("+", "").replace("-", "").isalnum()
+
+
+@dataclass(frozen=True)
+class _Located:
+    """A checked input or output: its URI for Spark, how it was given, and its layout."""
+
+    files: Any  # _LocalFiles | _HadoopFiles
+    uri: str
+    shown: str
+    kind: str = ""  # input: "parquet" | "csv"
+    decimal: str = "."
+    separator: str = ","
+
+    def sibling(self, suffix: str) -> str:
+        parent, _, name = self.uri.rstrip("/").rpartition("/")
+        return f"{parent}/.{name}{suffix}"
+
+
+def _check(files: Any, role: str, path: str, overwrite: bool) -> _Located:
+    """The output must not exist (unless `overwrite`); the input must be a Parquet or CSV file
+    or a folder of one kind, whose layout (separator, decimal mark) is read from its start."""
+    from winequality.data import detect_layout
+
+    uri = files.uri(path)
+    if role == "output":
+        if files.exists(uri) and not overwrite:
+            raise ParameterError(f"{path} exists; choose another --output or pass --overwrite")
+        return _Located(files, uri, path)
+    if not files.exists(uri):
+        raise DataError(f"no such input: {path}")
+    found = files.data_files(uri)
+    suffixes = {name.rpartition(".")[2].lower() for name in found}
+    if not found or not suffixes <= {"parquet", "pq", "csv"} or len(suffixes - {"pq"}) > 1:
+        raise DataError(
+            f"{path}: the spark engine reads a Parquet or CSV file, or a folder of one kind "
+            f"(found {', '.join(sorted('.' + s for s in suffixes)) or 'no files'})"
+        )
+    if suffixes <= {"parquet", "pq"}:
+        return _Located(files, uri, path, "parquet")
+    first = sorted(found)[0]
+    separator, decimal = detect_layout(files.head(first, 65536), first)
+    return _Located(files, uri, path, "csv", decimal, separator)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(("_", "."))  # Spark's _SUCCESS, .crc files, hidden folders
+
+
+class _LocalFiles:
+    """Paths on this machine's file system (shared with the executors on a cluster)."""
+
+    def uri(self, path: str) -> str:
+        # not percent-encoded: Spark and Hadoop read a path's characters as they are
+        return f"file://{Path(path).expanduser().resolve()}"
+
+    def _path(self, uri: str) -> Path:
+        return Path(uri.removeprefix("file://"))
+
+    def exists(self, uri: str) -> bool:
+        return self._path(uri).exists()
+
+    def delete(self, uri: str) -> None:
+        path = self._path(uri)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+    def rename(self, source: str, target: str) -> None:
+        self._path(source).replace(self._path(target))
+
+    def data_files(self, uri: str) -> list[str]:
+        root = self._path(uri)
+        if root.is_file():
+            return [uri]
+        return sorted(
+            f"file://{p}"
+            for p in root.rglob("*")
+            if p.is_file() and all(_visible(part) for part in p.relative_to(root).parts)
+        )
+
+    def head(self, uri: str, size: int) -> bytes:
+        with open(self._path(uri), "rb") as handle:
+            return handle.read(size)
+
+    def parquet_rows(self, uri: str) -> int:
+        import pyarrow.parquet as pq
+
+        folder = self._path(uri)
+        return sum(
+            pq.read_metadata(part).num_rows for part in folder.glob("*.parquet") if part.is_file()
+        )
+
+
+class _HadoopFiles:
+    """Any file system Spark's Hadoop layer reaches (HDFS, S3A, ABFS, local `file://`), through
+    Hadoop's FileSystem API in the driver's JVM."""
+
+    def __init__(self, spark: Any) -> None:
+        self.spark = spark
+        # PySpark has no Python API for Hadoop's FileSystem; its JVM gateway is the usual way
+        self.jvm = spark.sparkContext._jvm  # noqa: SLF001
+        self.conf = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
+
+    def _fs(self, uri: str) -> tuple[Any, Any]:
+        path = self.jvm.org.apache.hadoop.fs.Path(uri)
+        return path.getFileSystem(self.conf), path
+
+    def uri(self, path: str) -> str:
+        return path.rstrip("/")
+
+    def exists(self, uri: str) -> bool:
+        fs, path = self._fs(uri)
+        return bool(fs.exists(path))
+
+    def delete(self, uri: str) -> None:
+        fs, path = self._fs(uri)
+        if fs.exists(path):
+            fs.delete(path, True)
+
+    def rename(self, source: str, target: str) -> None:
+        fs, path = self._fs(source)
+        if not fs.rename(path, self._fs(target)[1]):
+            raise OSError(f"could not rename {source} to {target}")
+
+    def data_files(self, uri: str) -> list[str]:
+        fs, root = self._fs(uri)
+        if fs.getFileStatus(root).isFile():
+            return [uri]
+        prefix = str(fs.makeQualified(root).toString()).rstrip("/") + "/"
+        found, listing = [], fs.listFiles(root, True)
+        while listing.hasNext():
+            full = str(listing.next().getPath().toString())
+            if all(_visible(part) for part in full.removeprefix(prefix).split("/")):
+                found.append(full)
+        return sorted(found)
+
+    def head(self, uri: str, size: int) -> bytes:
+        fs, path = self._fs(uri)
+        stream = fs.open(path)
+        try:
+            return bytes(stream.readNBytes(size))
+        finally:
+            stream.close()
+
+    def parquet_rows(self, uri: str) -> int:
+        return int(self.spark.read.parquet(uri).count())  # Spark counts from the footers
+
+
+_LOCAL = _LocalFiles()
 
 
 def score_batches(
@@ -290,29 +434,3 @@ def _checked_model_archive(model_uri: str, tracking_uri: str | None, folder: Pat
             if path.is_file():
                 bundle.write(path, path.relative_to(local))
     return archive
-
-
-def _input_kind(source: Path) -> tuple[str, str, str]:
-    """('parquet' | 'csv', decimal mark, separator) of a file or a folder of them."""
-    from winequality.data import detect_layout
-
-    if not source.exists():
-        raise DataError(f"no such input: {source}")
-    files = (
-        [source]
-        if source.is_file()
-        else sorted(
-            p for p in source.rglob("*") if p.is_file() and not p.name.startswith(("_", "."))
-        )
-    )
-    suffixes = {p.suffix.lower() for p in files}
-    if not files or not suffixes <= {".parquet", ".pq", ".csv"} or len(suffixes - {".pq"}) > 1:
-        raise DataError(
-            f"{source}: the spark engine reads a Parquet or CSV file, or a folder of one kind "
-            f"(found {', '.join(sorted(suffixes)) or 'no files'})"
-        )
-    if suffixes <= {".parquet", ".pq"}:
-        return "parquet", ".", ","
-    with open(files[0], "rb") as handle:
-        separator, decimal = detect_layout(handle.read(65536), str(files[0]))
-    return "csv", decimal, separator
