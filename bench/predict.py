@@ -216,12 +216,17 @@ def main() -> None:
                     f"{seconds / floor:8.2f} {peak / 1e6:8.0f} {rows / seconds:11,.0f}"
                 )
             source.unlink()
-        if len(args.rows) > 1:
-            print(f"peak memory at {args.rows[-1]:,} rows / at {args.rows[0]:,} rows:")
-            for name, values in peaks.items():
-                print(f"  {name:36} {values[-1] / values[0]:.2f}x")
+        print_peak_ratios(args.rows, peaks, 36)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def print_peak_ratios(rows: list[int], peaks: dict[str, list[int]], width: int) -> None:
+    """Each command's peak memory at the largest size over the smallest (flat = 1.00x)."""
+    if len(rows) > 1:
+        print(f"peak memory at {rows[-1]:,} rows / at {rows[0]:,} rows:")
+        for name, values in peaks.items():
+            print(f"  {name:{width}} {values[-1] / values[0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    from predict import measure  # bench/predict.py: wall time and peak memory of one command
+    from predict import measure, print_peak_ratios  # bench/predict.py: the same table parts
     from train import compile_bytecode
 
     compile_bytecode()
@@ -126,10 +126,7 @@ def main() -> None:
                 )
             for parquet in root.glob("wines-*.parquet"):
                 parquet.unlink()
-        if len(args.rows) > 1:
-            print(f"peak memory at {args.rows[-1]:,} rows / at {args.rows[0]:,} rows:")
-            for name, values in peaks.items():
-                print(f"  {name:46} {values[-1] / values[0]:.2f}x")
+        print_peak_ratios(args.rows, peaks, 46)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -30,7 +30,7 @@ import numpy as np
 from winequality import drift
 from winequality.schema import FEATURE_NAMES
 
-__all__ = ["MIN_DRIFT_ROWS", "MULTIPROC_ENV", "SETTLE_SECONDS", "ServerMetrics"]
+__all__ = ["MIN_DRIFT_ROWS", "MULTIPROC_ENV", "SETTLE_SECONDS", "ServerMetrics", "take_all"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MIN_DRIFT_ROWS = 100  # accepted rows before PSI is exported
@@ -136,16 +136,16 @@ class ServerMetrics:
     def flush(self) -> None:
         """Fold the queued requests and accepted rows into the metrics."""
         with self._lock:
-            requests = _drain(self._requests)
+            requests = take_all(self._requests)
             if requests:
                 self._fold_requests(requests)
-            accepted = _drain(self._accepted)
+            accepted = take_all(self._accepted)
             if not accepted:
                 return
-            batch = np.concatenate(accepted)
-            self.rows.inc(batch.shape[0])
+            self.rows.inc(sum(features.shape[0] for features in accepted))
             if self.profile is None:
                 return
+            batch = np.concatenate(accepted)
             for j, feature in enumerate(self.profile.features):
                 counts = feature.bin_counts(batch[:, j])
                 for b in np.flatnonzero(counts):
@@ -239,6 +239,6 @@ class ServerMetrics:
         return registry
 
 
-def _drain(queue: deque[Any]) -> list[Any]:
-    """Everything queued so far (appends racing with this land in the next drain)."""
+def take_all(queue: deque[Any]) -> list[Any]:
+    """Everything queued so far, for a bunch (appends racing with this land in the next)."""
     return [queue.popleft() for _ in range(len(queue))]
