@@ -240,8 +240,8 @@ def in_process(model_uri: str, body: bytes, requests: int = 20_000, rounds: int 
     import asyncio
     import io
 
-    from winequality.predict import load_scorer
-    from winequality.serve import create_app
+    from winequality.scoring import load_scorer
+    from winequality.serving import create_app
 
     scorer = load_scorer(model_uri)
     apps = {
@@ -274,10 +274,8 @@ def in_process(model_uri: str, body: bytes, requests: int = 20_000, rounds: int 
         for i in range(n):
             await app(dict(scope), receive, send)  # type: ignore[operator]
             if i % 1000 == 999:
-                if app.metrics is not None:  # type: ignore[attr-defined]
-                    app.metrics.flush()  # type: ignore[attr-defined]
-                if app.access_log is not None:  # type: ignore[attr-defined]
-                    app.access_log.flush()  # type: ignore[attr-defined]
+                for observer in app.observers:  # type: ignore[attr-defined]
+                    observer.flush()  # the metrics and the access log
         return (time.process_time() - start) / n * 1e6
 
     async def measure() -> dict[str, list[float]]:

@@ -70,13 +70,13 @@ def floor(params: list[dict[str, float]]) -> float:
 def trial_params(folder: Path, storage: str, study: str) -> list[dict[str, float]]:
     import optuna
 
-    from winequality.studies import open_storage
+    from winequality.sweeping.studies import open_storage
 
     loaded = optuna.load_study(study_name=study, storage=open_storage(str(folder / storage)))
     return [t.params for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-IMPORTS = "import winequality.cli, winequality.sweep, sklearn.linear_model, optuna, mlflow"
+IMPORTS = "import winequality.cli, winequality.sweeping, sklearn.linear_model, optuna, mlflow"
 NEW_STORE = IMPORTS + "; from winequality import tracking; tracking.connect('sqlite:///mlflow.db')"
 
 
@@ -150,7 +150,7 @@ def speed(root: Path, trials: int) -> None:
 
 
 def quality(root: Path, trials: int, family_trials: int, families: list[str]) -> None:
-    from winequality.sweep import SweepConfig, run_sweep
+    from winequality.sweeping import SweepConfig, run_sweep
 
     store = f"sqlite:///{root / 'quality.db'}"
     print()

@@ -128,15 +128,16 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
         patch.chdir(folder)
         patch.delenv("WINEQUALITY_DATA", raising=False)
         result = train(TrainConfig(tracking_uri=uri, output_dir=None))
-    client = mlflow.MlflowClient(uri)
-    version = mlflow.register_model(result.model_uri, "wine-test")
-    client.set_registered_model_alias("wine-test", "champion", version.version)
+    from winequality import registry
+
+    version = registry.register(result.model_uri, "wine-test", tracking_uri=uri)
+    mlflow.MlflowClient(uri).set_registered_model_alias("wine-test", "champion", version)
     return TrainedModel(result, uri, folder)
 
 
 @pytest.fixture(scope="session")
 def scorer(trained_model: TrainedModel):
-    from winequality.predict import load_scorer
+    from winequality.scoring import load_scorer
 
     return load_scorer(trained_model.model_uri, trained_model.tracking_uri)
 

@@ -161,9 +161,18 @@ def test_a_damaged_shipped_copy_is_refused(workdir, monkeypatch, tmp_path) -> No
         load()
 
 
-def test_the_data_variable_still_names_a_file(workdir, red_csv, monkeypatch) -> None:
-    monkeypatch.setenv(data.ENV_DATA, str(red_csv))
-    assert load().path == red_csv
+def test_the_data_variable_still_names_a_file(workdir, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from winequality.cli import app
+
+    # read by the command (the library takes what it is given): a file that does not exist
+    # proves the variable reached `train` before anything else happened
+    monkeypatch.setenv("WINEQUALITY_DATA", str(tmp_path / "from-the-variable.csv"))
+    answer = CliRunner().invoke(app, ["train"])
+    assert answer.exit_code == 2
+    assert "from-the-variable.csv" in answer.output
+    assert load().name == "winequality-red.csv"  # the library: the shipped copy
 
 
 # --- the download: pooch against a local HTTP server -----------------------------------------

@@ -17,29 +17,55 @@ import pytest
 import winequality
 
 MODULES = sorted(
-    m.name for m in pkgutil.iter_modules(winequality.__path__) if not m.name.startswith("_")
+    m.name.removeprefix("winequality.")
+    for m in pkgutil.walk_packages(winequality.__path__, prefix="winequality.")
+    if not m.name.rsplit(".", 1)[-1].startswith("_")
 )
+
+
+def isort_order(name: str) -> tuple[int, str]:
+    """Constants, then classes, then functions, each alphabetical (ruff's RUF022 order)."""
+    return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
 
 
 def test_every_module_is_covered() -> None:
     assert MODULES == [
         "cli",
-        "codecs",
         "data",
         "drift",
         "errors",
         "evaluate",
+        "io",
+        "io.files",
+        "io.protocol",
+        "io.reader",
+        "io.writers",
         "logged_model",
-        "metrics",
         "model",
         "predict",
         "registry",
         "schema",
-        "serve",
+        "scoring",
+        "serving",
+        "serving.access_log",
+        "serving.app",
+        "serving.documents",
+        "serving.door",
+        "serving.endpoints_mlflow",
+        "serving.endpoints_server",
+        "serving.follower",
+        "serving.http",
+        "serving.metrics",
+        "serving.recorder",
+        "serving.run",
         "spark",
-        "streaming",
-        "studies",
-        "sweep",
+        "sweeping",
+        "sweeping.config",
+        "sweeping.final",
+        "sweeping.runs",
+        "sweeping.studies",
+        "sweeping.sweep",
+        "sweeping.workers",
         "tracking",
         "train",
     ]
@@ -48,12 +74,10 @@ def test_every_module_is_covered() -> None:
 @pytest.mark.parametrize("name", MODULES)
 def test_each_module_declares_exactly_what_it_defines(name: str) -> None:
     module = importlib.import_module(f"winequality.{name}")
-    declared = module.__all__
-    assert (
-        declared == sorted(declared, key=lambda n: (not n.isupper(), n))
-        or declared == sorted(declared)
-        or len(set(declared)) == len(declared)
-    )
+    declared = getattr(module, "__all__", [])
+    if not declared and module.__doc__ and hasattr(module, "__path__"):
+        return  # a package that only describes its rooms
+    assert declared == sorted(declared, key=isort_order)
     assert len(set(declared)) == len(declared)
     for exported in declared:
         assert hasattr(module, exported), f"{name}.__all__ names {exported}, which is missing"

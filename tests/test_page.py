@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from winequality.schema import FEATURE_NAMES
-from winequality.serve import create_app
+from winequality.serving import create_app
 
 from .conftest import ServerThread, tier_unavailable
 
@@ -74,7 +74,7 @@ def wait_text(browser, css: str) -> str:
 
 def test_the_form_is_built_from_the_schema_and_prefilled(browser, page_url, scorer) -> None:
     browser.get(page_url)
-    example = scorer.input_example.iloc[0]
+    example = scorer.model.input_example.iloc[0]
     for name in FEATURE_NAMES:
         assert float(field(browser, name).get_attribute("value")) == pytest.approx(example[name])
     assert field(browser, "pH").get_attribute("data-max") == "14"
@@ -86,7 +86,7 @@ def test_predicting_shows_the_score(browser, page_url, scorer) -> None:
     browser.get(page_url)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     text = wait_text(browser, "#result")
-    expected = scorer.predict(scorer.input_example.to_numpy())[0]
+    expected = scorer.predict(scorer.model.input_example.to_numpy())[0]
     assert text == f"quality ≈ {expected:.2f}"
 
 

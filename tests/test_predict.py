@@ -17,10 +17,11 @@ from mlflow.pyfunc.scoring_server import invocations
 from typer.testing import CliRunner
 
 from winequality.cli import app
-from winequality.codecs import parse_payload
 from winequality.errors import ModelLoadError, PayloadError, SchemaError
-from winequality.predict import fold_linear, load_scorer, predict_file
+from winequality.io.protocol import parse_payload
+from winequality.predict import predict_file
 from winequality.schema import FEATURE_NAMES, FEATURES
+from winequality.scoring import fold_linear, load_scorer
 
 COLUMNS = list(FEATURE_NAMES)
 runner = CliRunner()
@@ -53,7 +54,7 @@ def test_every_model_uri_form_loads_the_same_model(trained_model, scorer) -> Non
         local,
     ):
         loaded = load_scorer(uri, trained_model.tracking_uri)
-        assert loaded.run_id == run_id
+        assert loaded.model.run_id == run_id
         np.testing.assert_array_equal(loaded.weights, scorer.weights)
     with pytest.raises(ModelLoadError, match="cannot load model"):
         load_scorer("runs:/0123456789abcdef/model", trained_model.tracking_uri)
@@ -62,7 +63,7 @@ def test_every_model_uri_form_loads_the_same_model(trained_model, scorer) -> Non
 def test_the_folded_linear_model_equals_sklearn(scorer, sample) -> None:
     from winequality.model import elasticnet
 
-    direct = scorer.estimator.predict(sample[COLUMNS])
+    direct = scorer.model.estimator.predict(sample[COLUMNS])
     np.testing.assert_allclose(
         scorer.predict(sample[COLUMNS].to_numpy()), direct, rtol=0, atol=1e-12
     )

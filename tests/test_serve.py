@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from winequality.schema import FEATURE_NAMES
-from winequality.serve import create_app
+from winequality.serving import create_app
 
 from .conftest import ServerThread, close_pipes, free_port, wait_for
 

@@ -25,10 +25,11 @@ from typer.testing import CliRunner
 from winequality import data
 from winequality.cli import DRIFT_EXIT, app
 from winequality.drift import PROFILE_FILE
-from winequality.metrics import SETTLE_SECONDS
-from winequality.predict import FLAG_COLUMN, load_scorer, predict_file
+from winequality.predict import FLAG_COLUMN, predict_file
 from winequality.schema import FEATURE_NAMES
-from winequality.serve import create_app
+from winequality.scoring import load_scorer
+from winequality.serving import create_app
+from winequality.serving.metrics import SETTLE_SECONDS
 
 from .conftest import ServerThread, close_pipes, free_port, wait_for
 
@@ -234,7 +235,7 @@ def test_an_alias_moved_while_the_server_started_names_the_version_it_loaded(
     mlflow.set_tracking_uri(trained_model.tracking_uri)
     first = mlflow.register_model(trained_model.model_uri, name).version
     with mlflow.start_run():
-        other = log_model(scorer.estimator, red[COLUMNS].head(1), scorer.profile)
+        other = log_model(scorer.model.estimator, red[COLUMNS].head(1), scorer.model.profile)
     second = mlflow.register_model(other.model_uri, name).version
     client.set_registered_model_alias(name, "champion", str(first))
     uri = f"models:/{name}@champion"
@@ -357,7 +358,7 @@ def test_a_model_logged_without_a_profile_still_serves(trained_model, red, tmp_p
     )
     (folder / PROFILE_FILE).unlink()
     scorer = load_scorer(str(folder))
-    assert scorer.profile is None
+    assert scorer.model.profile is None
     with ServerThread(create_app(scorer)) as url, httpx.Client(base_url=url) as http:
         answer = http.post("/invocations", json=body(red.head(3)))
         assert answer.status_code == 200

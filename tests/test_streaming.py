@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from winequality import codecs, streaming
 from winequality.cli import app
 from winequality.errors import SchemaError
+from winequality.io import reader
 from winequality.predict import predict_file
 from winequality.schema import FEATURE_NAMES
 
@@ -24,8 +24,8 @@ runner = CliRunner()
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of a few hundred rows, so that the red data spans many of them."""
-    monkeypatch.setattr(streaming, "BATCH_BYTES", 16 * 1024)
-    monkeypatch.setattr(streaming, "BATCH_ROWS", 100)
+    monkeypatch.setattr(reader, "BATCH_BYTES", 16 * 1024)
+    monkeypatch.setattr(reader, "BATCH_ROWS", 100)
 
 
 def read_back(path: Path) -> pd.DataFrame:
@@ -50,9 +50,14 @@ def test_streamed_output_is_the_in_memory_result_to_the_last_bit(
         red.to_csv(source, sep=";", decimal=",", index=False)
     else:
         pq.write_table(__import__("pyarrow").Table.from_pandas(red), source, row_group_size=128)
-    # what the whole-file decoder (the one `serve` uses) reads, scored in one go
-    whole = codecs.decode_file(source)
-    reference = scorer.predict(whole.validation.features)
+    # what pandas reads from the same file, scored in one go
+    if layout == "in.parquet":
+        whole = pd.read_parquet(source)
+    else:
+        decimal = "," if layout == "comma.csv" else "."
+        whole = pd.read_csv(source, sep=";", decimal=decimal)
+    features = np.ascontiguousarray(whole[COLUMNS].to_numpy(dtype=np.float64))  # as checked
+    reference = scorer.predict(features)
     target = tmp_path / output if output else None
     result = predict_file(
         trained_model.model_uri, source, target, tracking_uri=trained_model.tracking_uri
@@ -62,7 +67,7 @@ def test_streamed_output_is_the_in_memory_result_to_the_last_bit(
     assert written is not None
     assert list(written.columns) == [*red.columns, "prediction"]
     assert np.array_equal(written["prediction"].to_numpy(), reference)  # bit for bit
-    assert np.array_equal(written[COLUMNS].to_numpy(dtype=float), whole.validation.features)
+    assert np.array_equal(written[COLUMNS].to_numpy(dtype=float), features)
     assert written["id"].tolist() == red["id"].tolist()
     assert written["quality"].tolist() == red["quality"].tolist()
     if target is not None:
@@ -105,7 +110,7 @@ def test_problem_lists_are_capped_and_counted(trained_model, red_csv, tmp_path) 
         predict_file(trained_model.model_uri, source, tracking_uri=trained_model.tracking_uri)
     (issue,) = caught.value.issues
     assert issue.count == len(big) == 6396
-    assert len(issue.rows) == streaming.MAX_ROWS_PER_ISSUE
+    assert len(issue.rows) == reader.MAX_ROWS_PER_ISSUE
     assert issue.rows[:2] == (2, 3)  # lines
     assert "alcohol: 6396 values outside" in str(caught.value)
     assert "… 6391 more" in str(caught.value)

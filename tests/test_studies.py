@@ -13,9 +13,9 @@ import time
 import optuna
 import pytest
 
-from winequality import studies
 from winequality.errors import TrackingError
-from winequality.studies import SharedStudy, make_sampler
+from winequality.sweeping import studies
+from winequality.sweeping.studies import SharedStudy, make_sampler
 
 
 @pytest.fixture(params=["journal", "sqlite"])

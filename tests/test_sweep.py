@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from winequality.cli import app
 from winequality.errors import SweepError
-from winequality.sweep import SweepConfig, run_sweep
+from winequality.sweeping import SweepConfig, run_sweep
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow  # every test here runs at least one sweep
@@ -325,7 +325,7 @@ def test_workers_forked_after_a_boosting_sweep_in_the_same_process_do_not_hang(
     sweeps hist-gradient-boosting and then sweeps again with workers must not hang."""
     script = f"""
 import sys
-from winequality.sweep import SweepConfig, run_sweep
+from winequality.sweeping import SweepConfig, run_sweep
 base = dict(data={str(red_csv)!r}, family="hist-gradient-boosting", folds=2, register=False,
             tracking_uri="sqlite:///mlflow.db", storage="optuna.journal")
 run_sweep(SweepConfig(**base, trials=2, jobs=1, study="first"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import mlflow
 import pytest
 
 from winequality import tracking
@@ -54,11 +53,10 @@ def test_reading_commands_never_create_a_store(workdir) -> None:
 
 
 def test_inside_mlflow_run_the_projects_experiment_wins(workdir, tracking_uri, monkeypatch) -> None:
-    tracking.connect(tracking_uri)
-    client = mlflow.MlflowClient()
+    client = tracking.client(tracking.connect(tracking_uri))
     chosen = client.create_experiment("chosen by mlflow run")
     run = client.create_run(chosen)
     monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
-    assert tracking.use_experiment("experiment_signature").experiment_id == chosen
+    assert tracking.use_experiment(client, "experiment_signature").experiment_id == chosen
     monkeypatch.delenv("MLFLOW_RUN_ID")
-    assert tracking.use_experiment("experiment_signature").name == "experiment_signature"
+    assert tracking.use_experiment(client, "experiment_signature").name == "experiment_signature"

@@ -272,6 +272,7 @@ def test_a_users_refusal_of_model_deserialisation_is_respected(
     result = train(TrainConfig(tracking_uri=tracking_uri, output_dir=None))
     assert mlflow.MlflowClient(tracking_uri).get_run(result.run_id).info.status == "FINISHED"
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"  # never overridden
+    mlflow.set_tracking_uri(tracking_uri)  # where MLflow looks a `models:/` URI up
     with pytest.raises(MlflowException, match="MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
         mlflow.pyfunc.load_model(result.model_uri)  # MLflow's own refusal stands
 

@@ -29,7 +29,7 @@ from winequality.registry import DEFAULT_MODEL_NAME
 from winequality.tracking import SWEEP_EXPERIMENT, TRAIN_EXPERIMENT
 
 if TYPE_CHECKING:
-    from winequality.sweep import SweepConfig, SweepResult
+    from winequality.sweeping import SweepConfig, SweepResult
 
 __all__ = [
     "app",
@@ -105,9 +105,8 @@ TrackingOption = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
-        envvar="MLFLOW_TRACKING_URI",
-        show_envvar=True,
-        help="MLflow tracking store. Default: sqlite:///mlflow.db in the current folder.",
+        help="MLflow tracking store. Default: MLflow's variable MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db in the current folder.",
     ),
 ]
 ModelOption = Annotated[
@@ -491,9 +490,10 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: MLflow's /invocations protocol, a page at /, OpenAPI,
     Prometheus metrics and drift; follows a registry alias."""
-    from winequality.predict import load_scorer
-    from winequality.serve import check_port
-    from winequality.serve import serve as run_server
+    from winequality.scoring import load_scorer
+    from winequality.serving import ServerSettings, check_port
+    from winequality.serving import serve as run_server
+    from winequality.tracking import resolve_uri
 
     token = _guard(lambda: _read_token(token_file))
     _guard(lambda: check_port(host, port))
@@ -507,27 +507,24 @@ def serve(
         f"serving {model} on http://{host}:{port}/ ({workers} worker"
         f"{'s' if workers > 1 else ''}); Ctrl+C or SIGTERM stops it"
     )
-    run_server(
+    settings = ServerSettings(
         model,
-        scorer=scorer,
-        host=host,
-        port=port,
-        workers=workers,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         allow_out_of_range=allow_out_of_range,
-        tracking_uri=tracking_uri,
-        access_log=access_log is _Switch.on,
         refresh=refresh,
         token=token,
         metrics=metrics is _Switch.on,
+        access_log=access_log is _Switch.on,
+        tracking_uri=resolve_uri(tracking_uri),
     )
+    run_server(settings, scorer=scorer, host=host, port=port, workers=workers)
 
 
 def _read_token(path: Path | None) -> str | None:
     from winequality.errors import ParameterError
 
-    if path is None:
-        return os.environ.get(TOKEN_ENV) or None
+    if path is None:  # read once, then out of the environment: no child process inherits it
+        return os.environ.pop(TOKEN_ENV, None) or None
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -539,6 +536,7 @@ def _read_token(path: Path | None) -> str | None:
 
 @app.command(short_help="Tune a model family with Optuna; register and gate the best.")
 def sweep(
+    context: typer.Context,
     data: DataOption = None,
     wine: WineOption = _WineColour.red,
     model: Annotated[
@@ -604,7 +602,7 @@ def sweep(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from winequality.sweep import SweepConfig, SweepInterrupted, TrialEvent, run_sweep
+    from winequality.sweeping import SweepConfig, SweepInterrupted, TrialEvent, run_sweep
 
     config = SweepConfig(
         data=data,
@@ -642,53 +640,42 @@ def sweep(
             task, completed=event.complete, total=event.trial_goal, best=f"{event.best_value:.4f}"
         )
 
+    resume = _resume_command(context)
     try:
         result = _guard(lambda: run_sweep(config, on_trial=advance))
     except typer.Exit as stop:
         progress.stop()
         if stop.exit_code == SweepInterrupted.exit_code:
-            err.print(f"resume with: {_resume_command(config)}")
+            err.print(f"resume with: {resume}")
         raise
     progress.stop()
-    _print_sweep(result, config)
+    _print_sweep(result, config, resume)
 
 
-RESUME_FLAGS = (
-    ("--data", "data"),
-    ("--wine", "wine"),
-    ("--model", "family"),
-    ("--trials", "trials"),
-    ("--jobs", "jobs"),
-    ("--study", "study"),
-    ("--storage", "storage"),
-    ("--protocol", "protocol"),
-    ("--folds", "folds"),
-    ("--repeats", "repeats"),
-    ("--seed", "seed"),
-    ("--experiment", "experiment"),
-    ("--tracking-uri", "tracking_uri"),
-    ("--name", "model_name"),
-)
+NOT_RESUMED = frozenset({"timeout", "force"})  # one run's choices, not the sweep's settings
 
 
-def _resume_command(config: SweepConfig) -> str:
-    """The command that continues this sweep: the same study, data and settings."""
+def _resume_command(context: typer.Context) -> str:
+    """The command that continues this sweep: every setting given to this one (flag or
+    environment), spelled by the command's own options."""
     import shlex
 
-    from winequality.sweep import SweepConfig
-
-    defaults = SweepConfig()
     words = ["winequality", "sweep"]
-    for flag, field in RESUME_FLAGS:
-        value = getattr(config, field)
-        if value is not None and value != getattr(defaults, field):
-            words += [flag, str(value)]
-    if config.grid:
-        words.append("--grid")
+    for param in context.command.params:
+        name, value = param.name, context.params.get(param.name or "")
+        if name is None or name in NOT_RESUMED or param.param_type_name != "option":
+            continue
+        source = context.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT" or value is None:
+            continue
+        if getattr(param, "is_flag", False):
+            words += [param.opts[0]] if value else []
+        else:
+            words += [param.opts[0], str(getattr(value, "value", value))]
     return shlex.join(words)
 
 
-def _print_sweep(result: SweepResult, config: SweepConfig) -> None:
+def _print_sweep(result: SweepResult, config: SweepConfig, resume: str) -> None:
     out.print(
         f"Study {result.study}: {result.complete} of {result.trial_goal} trials finished "
         f"({result.ran_here} run here); parent run {result.parent_run_id}"
@@ -699,7 +686,7 @@ def _print_sweep(result: SweepResult, config: SweepConfig) -> None:
         err.print(
             f"[yellow]warning:[/] stopped early (--timeout {config.timeout:g} s): "
             f"{result.complete} of {result.trial_goal} trials; the best so far is below. "
-            f"Resume with: {_resume_command(config)}"
+            f"Resume with: {resume}"
         )
     out.print(
         f"Best trial {result.best_trial}: "
@@ -793,6 +780,7 @@ def models(
 ) -> None:
     """List the registered versions with their aliases and held-out metrics."""
     from winequality.registry import list_versions
+    from winequality.tracking import FAMILY_TAG, STUDY_TAG
 
     versions = _guard(lambda: list_versions(name, tracking_uri))
     table = Table(title=f"registered model {name}", header_style="bold")
@@ -806,8 +794,8 @@ def models(
         table.add_row(
             v.version,
             ", ".join(v.aliases),
-            v.tags.get("winequality.family", ""),
-            v.tags.get("winequality.study", ""),
+            v.tags.get(FAMILY_TAG, ""),
+            v.tags.get(STUDY_TAG, ""),
             *(_number(v.tags.get(tag)) for tag in ("test_rmse", "test_r2", "cv_rmse")),
         )
     out.print(table)

@@ -11,15 +11,12 @@ Knows nothing about models or MLflow.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
 import os
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.resources import files
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -27,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from winequality.errors import DataError, SchemaError, first_line
+from winequality.io import files
 from winequality.schema import FEATURE_NAMES, TARGET, FeatureIssue, validate_columns
 
 __all__ = [
     "ENV_CACHE",
-    "ENV_DATA",
     "ENV_DATA_URL",
     "UCI",
     "UCI_ARCHIVE_URL",
@@ -40,9 +37,7 @@ __all__ = [
     "Table",
     "Wine",
     "WineData",
-    "atomic_write",
     "cache_dir",
-    "detect_layout",
     "download_failure",
     "embedded_bytes",
     "embedded_path",
@@ -50,7 +45,6 @@ __all__ = [
     "fetch_url",
     "load",
     "member_name",
-    "read_bytes",
     "read_table",
     "resolve",
     "sha256_of",
@@ -69,11 +63,8 @@ UCI_MEMBER_SHA256 = {
     "winequality-red.csv": "57050ed70cee37ffe2617ad7a7717e4fbe71514c42341c781c1bbba93a7a21f5",
     "winequality-white.csv": "3edb25c969af6efe4715ff60629542f4e7a49f6c52be1f662a12647b8f5b4f14",
 }
-ENV_DATA = "WINEQUALITY_DATA"  # a path or URL used when --data is not given
 ENV_DATA_URL = "WINEQUALITY_DATA_URL"  # where --data uci fetches the archive (mirrors, tests)
 ENV_CACHE = "WINEQUALITY_CACHE"  # cache folder (default: the OS user cache)
-SEPARATORS = (",", ";")
-_DECIMAL_COMMA = re.compile(r"\d,\d")
 
 
 @dataclass(frozen=True)
@@ -120,8 +111,8 @@ def member_name(wine: Wine) -> str:
 
 
 def embedded_path(wine: Wine) -> Path:
-    """The package's gzip copy of UCI's file for `wine` (read it with `read_bytes`)."""
-    return Path(str(files("winequality") / "datasets" / f"{member_name(wine)}.gz"))
+    """The package's gzip copy of UCI's file for `wine` (read it with `io.files.read_bytes`)."""
+    return Path(str(resources.files("winequality") / "datasets" / f"{member_name(wine)}.gz"))
 
 
 def embedded_bytes(wine: Wine) -> bytes:
@@ -217,7 +208,6 @@ class Resolved:
 
 def resolve(data: str | os.PathLike[str] | None, wine: Wine = "red") -> Resolved:
     """Turn --data (nothing, `uci`, a URL or a path) into bytes and where they came from."""
-    data = data if data is not None else os.environ.get(ENV_DATA) or None
     if data is None:
         name = member_name(wine)
         return Resolved(
@@ -246,48 +236,16 @@ def resolve(data: str | os.PathLike[str] | None, wine: Wine = "red") -> Resolved
             f"no such data file: {path} (omit --data to use the UCI data shipped with "
             f"winequality, or --data uci to download it)"
         )
-    return Resolved(path, path.name, str(path), str(path), read_bytes(path))
-
-
-def read_bytes(path: Path) -> bytes:
-    """A file's bytes, decompressed when it is gzip (`.gz`)."""
-    raw = path.read_bytes()
-    return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    return Resolved(path, path.name, str(path), str(path), files.read_bytes(path))
 
 
 def sha256_of(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def detect_layout(content: bytes, what: str) -> tuple[str, str]:
-    """(separator, decimal mark) from the header and the first rows.
-
-    `;` for UCI's layout and French exports, `,` for the tutorial's: whichever splits the
-    header into more fields. A `;` file whose numbers have a comma between digits (`7,4;0,7`)
-    is a spreadsheet export with decimal commas.
-    """
-    text = content[:65536].decode("utf-8-sig", errors="replace")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise DataError(f"{what} is empty: expected a header line and rows of wine measurements")
-    header = lines[0]
-    counts = {sep: header.count(sep) for sep in SEPARATORS}
-    separator = max(counts, key=lambda s: counts[s])
-    if counts[separator] == 0:
-        other = next((s for s in ("\t", "|", " ") if s in header.strip()), None)
-        found = f" it looks {'tab' if other == chr(9) else repr(other)}-separated;" if other else ""
-        raise DataError(
-            f"{what}: cannot find the column separator in the header;{found} winequality reads "
-            f"',' (the tutorial's layout) or ';' (UCI's layout)"
-        )
-    rows = lines[1:21]
-    decimal = "," if separator == ";" and any(_DECIMAL_COMMA.search(r) for r in rows) else "."
-    return separator, decimal
-
-
 def read_table(content: bytes, what: str) -> Table:
     """Read CSV bytes in any of the layouts without judging the cells."""
-    separator, decimal = detect_layout(content, what)
+    separator, decimal = files.detect_layout(content, what)
     try:
         frame = pd.read_csv(
             io.BytesIO(content),
@@ -351,21 +309,6 @@ def split(
     return train, test
 
 
-@contextlib.contextmanager
-def atomic_write(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; renamed onto it only if the block succeeds.
-
-    A reader never sees half a file, and a failure leaves no file at all.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        yield partial
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def write_csv_atomic(frame: pd.DataFrame, path: Path, *, index: bool = False) -> None:
-    with atomic_write(path) as partial:
+    with files.atomic_write(path) as partial:
         frame.to_csv(partial, index=index)

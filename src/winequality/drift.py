@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from winequality.schema import FEATURE_NAMES
+from winequality.schema import FEATURE_NAMES, SAMPLE_VALUES, FeatureIssue
 
 __all__ = [
+    "MIN_DRIFT_ROWS",
     "MODERATE",
     "PROFILE_FILE",
     "RANGE_MARGIN",
@@ -33,6 +34,7 @@ __all__ = [
     "FeatureProfile",
     "Profile",
     "compare",
+    "outside_issues",
     "outside_training",
     "plot",
     "psi",
@@ -43,6 +45,7 @@ PROFILE_FILE = "reference_profile.json"
 BINS = 10
 QUANTILES = 101
 MODERATE, SIGNIFICANT = 0.1, 0.25  # PSI: the usual thresholds
+MIN_DRIFT_ROWS = 100  # rows before a verdict: PSI on a handful of rows is noise
 RANGE_MARGIN = 0.05  # a value counts as outside training beyond 5 % of the range past an end
 _EPSILON = 1e-4  # the share given to an empty bin, so that PSI stays finite
 
@@ -191,6 +194,28 @@ def outside_training(
     low, high = profile.bounds(margin)
     result: np.ndarray = (features < low) | (features > high)
     return result
+
+
+def outside_issues(
+    profile: Profile, outside: np.ndarray, features: np.ndarray
+) -> list[FeatureIssue]:
+    """The training-range warning, one issue per feature with rows beyond it (`outside` is
+    `outside_training`'s mask): its one wording, for files and HTTP answers alike."""
+    issues = []
+    for j in np.flatnonzero(outside.any(axis=0)):
+        feature = profile.features[j]
+        rows = np.flatnonzero(outside[:, j])
+        issues.append(
+            FeatureIssue(
+                "outside_training",
+                feature.name,
+                f"outside the training range [{feature.minimum:g}, {feature.maximum:g}] "
+                "(scored anyway)",
+                tuple(rows.tolist()),
+                tuple(features[rows[:SAMPLE_VALUES], j].tolist()),
+            )
+        )
+    return issues
 
 
 def plot(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from winequality import schema
+from winequality import schema, tracking
 from winequality.drift import PROFILE_FILE, Profile
 from winequality.errors import ModelCheckError, ModelLoadError, first_line
 
@@ -41,6 +41,7 @@ __all__ = [
     "load_local",
     "log_datasets",
     "log_model",
+    "parse_serving_input",
     "pip_requirements",
     "provenance_tags",
     "skops_trusted_types",
@@ -189,7 +190,6 @@ def verify(model_uri: str, example: pd.DataFrame, expected: np.ndarray) -> None:
     """
     import mlflow
     from mlflow.models import Model
-    from mlflow.pyfunc.scoring_server import _parse_json_data
 
     with tempfile.TemporaryDirectory(prefix="winequality-verify-") as folder:
         try:
@@ -205,13 +205,8 @@ def verify(model_uri: str, example: pd.DataFrame, expected: np.ndarray) -> None:
             serving_input = meta.get_serving_input(local)
             if serving_input is None:
                 raise ModelCheckError(f"{model_uri} holds no serving input example")
-            # MLflow's own scoring-server parser (no public equivalent parses without loading)
-            parsed = _parse_json_data(  # type: ignore[no-untyped-call]
-                serving_input,
-                meta,
-                meta.get_input_schema(),  # type: ignore[no-untyped-call]
-            )
-            served = np.asarray(predict(parsed.data), dtype=float).ravel()
+            served = np.asarray(predict(parse_serving_input(serving_input, meta)), dtype=float)
+            served = served.ravel()
         except ModelCheckError:
             raise
         except Exception as exc:
@@ -226,6 +221,20 @@ def verify(model_uri: str, example: pd.DataFrame, expected: np.ndarray) -> None:
             )
 
 
+def parse_serving_input(serving_input: str, meta: Any) -> Any:
+    """A serving input example parsed exactly as `mlflow models serve` parses a request body.
+
+    The one use of MLflow's private API here: its scoring server's own parser
+    (`mlflow.pyfunc.scoring_server._parse_json_data`) has no public equivalent that parses a
+    body against a model's signature without starting a server. `tests/test_logged_model.py`
+    pins what this relies on.
+    """
+    from mlflow.pyfunc.scoring_server import _parse_json_data
+
+    schema_ = meta.get_input_schema()
+    return _parse_json_data(serving_input, meta, schema_).data  # type: ignore[no-untyped-call]
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +243,8 @@ def verify(model_uri: str, example: pd.DataFrame, expected: np.ndarray) -> None:
 def load(model_uri: str, store: str | None = None) -> LoadedModel:
     """Resolve `runs:/…`, `models:/name@alias`, `models:/name/N`, `models:/m-…` or a folder.
 
-    Registry and run URIs use the active tracking URI (see `tracking.connect`); `store` is that
-    URI, named when the model is not found there.
+    Registry and run URIs are resolved in the store `store` (a tracking URI, see
+    `tracking.connect`), which is named when the model is not found there.
     """
     local = Path(model_uri).expanduser()
     if local.is_dir():
@@ -244,7 +253,9 @@ def load(model_uri: str, store: str | None = None) -> LoadedModel:
 
     with tempfile.TemporaryDirectory(prefix="winequality-model-") as folder:
         try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)
+            # MLflow resolves `models:/` through the process-wide URI, not an argument
+            with tracking.activated(store) if store else contextlib.nullcontext():
+                path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)
         except Exception as exc:
             where = ""
             if store is not None:

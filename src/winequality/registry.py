@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from winequality import tracking
 from winequality.errors import NotFoundError
 
 __all__ = [
@@ -61,23 +62,29 @@ class VersionInfo:
 
 
 def register(
-    model_uri: str, name: str = DEFAULT_MODEL_NAME, tags: dict[str, str] | None = None
+    model_uri: str,
+    name: str = DEFAULT_MODEL_NAME,
+    tags: dict[str, str] | None = None,
+    tracking_uri: str | None = None,
 ) -> str:
     """Register a logged model (`models:/m-…`) as a new version of `name`; its number.
 
     Through the client API: `mlflow.register_model` prints to stderr on every call.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
+    uri = tracking.resolve_uri(tracking_uri)
+    client = tracking.client(uri)
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    version = client.create_model_version(name, model_uri, tags=tags, model_id=model_id)
+    # MLflow's SQL registry looks the logged model up through the process-wide URI, whatever
+    # the client it was called on says (a TODO in its sqlalchemy_store): activate it.
+    with tracking.activated(uri):
+        version = client.create_model_version(name, model_uri, tags=tags, model_id=model_id)
     return str(version.version)
 
 
@@ -132,12 +139,10 @@ def gate(
     tracking_uri: str | None = None,
 ) -> Decision:
     """Re-score the current champion on the same rows, decide, and set the alias and tag."""
-    import mlflow
-
     from winequality.evaluate import regression_metrics
-    from winequality.predict import load_scorer
+    from winequality.scoring import load_scorer
 
-    client = mlflow.MlflowClient()
+    client = tracking.client(tracking_uri)
     champion = alias_version(client, name, CHAMPION)
     champion_score = None
     if champion is not None and champion != version:
@@ -221,12 +226,8 @@ def list_versions(
     """
     from mlflow.exceptions import MlflowException
 
-    from winequality import tracking
-
     uri = tracking.connect(tracking_uri, create=False)
-    import mlflow
-
-    client = mlflow.MlflowClient()
+    client = tracking.client(uri)
     try:
         model = client.get_registered_model(name)
     except MlflowException as exc:

@@ -35,7 +35,7 @@ import numpy as np
 
 from winequality.errors import DataError, ParameterError, first_line
 
-__all__ = ["ROW_COLUMNS", "SparkResult", "predict_spark", "score_batches"]
+__all__ = ["ROW_COLUMNS", "SparkResult", "hadoop_gateway", "predict_spark", "score_batches"]
 
 ROW_COLUMNS = ("source_file", "row_id")  # a row's identity in both outputs
 _SCORERS: dict[str, Any] = {}  # per executor Python process: the model, loaded once
@@ -106,15 +106,11 @@ def _new_session(master: str) -> Any:
         .appName("winequality predict")
         .config("spark.ui.showConsoleProgress", "false")  # the command prints its own counts
     )
-    if not master.startswith("local") or os.environ.get("PYSPARK_PYTHON"):
-        return builder.getOrCreate()  # on a cluster, PYSPARK_PYTHON names the executors' Python
-    # Executors on this machine run this very Python, the one winequality is installed in
-    # (PySpark reads the variable once, when the context starts).
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    try:
-        return builder.getOrCreate()
-    finally:
-        del os.environ["PYSPARK_PYTHON"]
+    if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        # Executors on this machine run this very Python, the one winequality is installed in
+        # (Spark's own setting; on a cluster, PYSPARK_PYTHON names the executors' Python).
+        builder = builder.config("spark.pyspark.python", sys.executable)
+    return builder.getOrCreate()
 
 
 def _run(
@@ -202,7 +198,7 @@ class _Located:
 def _check(files: Any, role: str, path: str, overwrite: bool) -> _Located:
     """The output must not exist (unless `overwrite`); the input must be a Parquet or CSV file
     or a folder of one kind, whose layout (separator, decimal mark) is read from its start."""
-    from winequality.data import detect_layout
+    from winequality.io.files import detect_layout
 
     uri = files.uri(path)
     if role == "output":
@@ -275,15 +271,24 @@ class _LocalFiles:
         )
 
 
+def hadoop_gateway(spark: Any) -> tuple[Any, Any]:
+    """(the driver's JVM view, the session's Hadoop configuration).
+
+    The one use of PySpark's private API here: PySpark has no Python API for Hadoop's
+    FileSystem, and its Py4J gateway (`SparkContext._jvm`, `_jsc`) is the way every PySpark
+    user reaches it. `tests/test_spark.py` pins what this relies on.
+    """
+    context = spark.sparkContext
+    return context._jvm, context._jsc.hadoopConfiguration()  # noqa: SLF001
+
+
 class _HadoopFiles:
     """Any file system Spark's Hadoop layer reaches (HDFS, S3A, ABFS, local `file://`), through
     Hadoop's FileSystem API in the driver's JVM."""
 
     def __init__(self, spark: Any) -> None:
         self.spark = spark
-        # PySpark has no Python API for Hadoop's FileSystem; its JVM gateway is the usual way
-        self.jvm = spark.sparkContext._jvm  # noqa: SLF001
-        self.conf = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
+        self.jvm, self.conf = hadoop_gateway(spark)
 
     def _fs(self, uri: str) -> tuple[Any, Any]:
         path = self.jvm.org.apache.hadoop.fs.Path(uri)
@@ -348,7 +353,7 @@ def score_batches(
     accumulator); with `keep="invalid"`, yield the failed rows with their `problems`."""
     import pyarrow as pa
 
-    from winequality.streaming import validate_table
+    from winequality.io.reader import validate_table
 
     scorer = _executor_scorer(archive) if keep == "valid" else None
     for batch in batches:
@@ -398,7 +403,7 @@ def _executor_scorer(archive: str) -> Any:
     if scorer is None:
         from pyspark import SparkFiles
 
-        from winequality.predict import load_scorer
+        from winequality.scoring import load_scorer
 
         folder = Path(tempfile.mkdtemp(prefix="winequality-model-"))
         with zipfile.ZipFile(SparkFiles.get(archive)) as bundle:
@@ -410,7 +415,7 @@ def _executor_scorer(archive: str) -> Any:
 def _checked_model_archive(model_uri: str, tracking_uri: str | None, folder: Path) -> Path:
     """The model folder, downloaded and loaded once on the driver (so a bad URI fails before
     any task), zipped for `addFile`."""
-    from winequality.predict import load_scorer
+    from winequality.scoring import load_scorer
 
     local = Path(model_uri).expanduser()
     if not local.is_dir():
@@ -418,11 +423,12 @@ def _checked_model_archive(model_uri: str, tracking_uri: str | None, folder: Pat
 
         from winequality import tracking
 
-        tracking.connect(tracking_uri, create=False)
+        store = tracking.connect(tracking_uri, create=False)
         try:
-            local = Path(
-                mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder / "model"))
-            )
+            with tracking.activated(store):  # `models:/` resolves through the global URI
+                local = Path(
+                    mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder / "model"))
+                )
         except Exception as exc:
             from winequality.errors import ModelLoadError
 

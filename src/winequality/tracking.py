@@ -2,12 +2,20 @@
 
 MLflow itself retries an unreachable server or database for minutes; a preflight with a short
 timeout turns that into an immediate, actionable error.
+
+Every call that a client can make goes through `client(uri)`, an `MlflowClient` bound to the
+store. MLflow's fluent API (`start_run`, `log_model`, `log_input`) only reads the process-wide
+tracking URI: `activated(uri)` sets it for one block and puts back what was there, so no
+library call leaves the process pointed somewhere else. `MLFLOW_TRACKING_URI` is MLflow's own
+variable: `resolve_uri` reads it, and nothing else here does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +23,25 @@ from winequality.errors import TrackingError, first_line
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "FAMILY_TAG",
+    "PARENT_TAG",
+    "PROJECT_RUN_ENV",
+    "PROTOCOL_TAG",
+    "ROLE_TAG",
+    "STUDY_TAG",
     "SWEEP_EXPERIMENT",
+    "SWEEP_PARENT_TAG",
+    "TRACKING_ENV",
     "TRAIN_EXPERIMENT",
+    "TRIAL_TAG",
+    "WORKER_TAG",
+    "activated",
+    "client",
     "connect",
     "describe",
     "is_creation_race",
     "preflight",
+    "project_run_id",
     "redact",
     "resolve_uri",
     "use_experiment",
@@ -29,11 +50,56 @@ __all__ = [
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRAIN_EXPERIMENT = "experiment_signature"  # the tutorial's
 SWEEP_EXPERIMENT = "winequality-sweep"
+# Tags winequality writes on runs and model versions (one spelling, read back by `models`).
+STUDY_TAG, TRIAL_TAG, ROLE_TAG = "winequality.study", "winequality.trial", "winequality.role"
+FAMILY_TAG, PROTOCOL_TAG = "winequality.family", "winequality.protocol"
+WORKER_TAG, SWEEP_PARENT_TAG = "winequality.worker", "winequality.sweep_parent_run"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in the UI
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable, which its users set
+PROJECT_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it started
 
 
 def resolve_uri(explicit: str | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the local SQLite file mlflow.db."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return explicit or os.environ.get(TRACKING_ENV) or DEFAULT_TRACKING_URI
+
+
+def project_run_id() -> str | None:
+    """The run `mlflow run` started for this process, if any (it names it in MLFLOW_RUN_ID)."""
+    return os.environ.get(PROJECT_RUN_ENV) or None
+
+
+def client(uri: str | None = None) -> Any:
+    """An `MlflowClient` bound to the store (tracking and registry), whatever the process-wide
+    URI says."""
+    import mlflow
+
+    bound = _absolute(resolve_uri(uri))
+    return mlflow.MlflowClient(tracking_uri=bound, registry_uri=bound)
+
+
+@contextlib.contextmanager
+def activated(uri: str) -> Iterator[None]:
+    """The process-wide tracking URI set to `uri` for the block, then put back as it was.
+
+    MLflow's fluent functions (`start_run`, `log_*`, `sklearn.log_model`, `log_input`) have no
+    client form; this is the one place that sets what they read. `set_tracking_uri` also
+    writes MLFLOW_TRACKING_URI for child processes, so that variable is put back too.
+    """
+    import mlflow
+
+    was_set = mlflow.tracking.is_tracking_uri_set()  # type: ignore[no-untyped-call]
+    previous = mlflow.get_tracking_uri() if was_set else None
+    variable = os.environ.get(TRACKING_ENV)
+    mlflow.set_tracking_uri(_absolute(uri))
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None: unset again
+        if variable is None:
+            os.environ.pop(TRACKING_ENV, None)
+        else:
+            os.environ[TRACKING_ENV] = variable
 
 
 def describe(uri: str) -> str:
@@ -132,47 +198,49 @@ def _no_store(uri: str) -> str:
 
 
 def connect(explicit: str | None = None, *, create: bool = True) -> str:
-    """Resolve, preflight and activate the tracking URI; return it.
+    """Resolve and preflight the tracking URI, and check that the store answers; return it.
 
     Commands that only read (predict, serve, models) pass `create=False`, so that running one
     in the wrong folder says so instead of leaving an empty mlflow.db behind.
     """
-    import mlflow
-
     uri = resolve_uri(explicit)
     preflight(uri, create=create)
     try:
-        mlflow.set_tracking_uri(_absolute(uri))
-        mlflow.MlflowClient().search_experiments(max_results=1)
+        client(uri).search_experiments(max_results=1)
     except Exception as exc:
         first = first_line(exc)
         raise TrackingError(f"the tracking store {redact(uri)} is not usable: {first}") from exc
     return uri
 
 
-def use_experiment(name: str) -> Any:
-    """Make `name` the active experiment (created if absent) and return it.
+def use_experiment(store: Any, name: str) -> Any:
+    """The experiment `name` in the store of the client `store` (created if absent).
 
     Inside `mlflow run`, MLflow has already started a run (MLFLOW_RUN_ID) in the experiment the
     user chose there; that experiment wins, so the run is adopted rather than refused. Two
     workers creating the same experiment at once both end up using it.
     """
-    import mlflow
-    from mlflow.environment_variables import MLFLOW_RUN_ID
     from mlflow.exceptions import MlflowException
 
-    project_run = os.environ.get(MLFLOW_RUN_ID.name)
+    project_run = project_run_id()
     if project_run:
-        experiment_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
-        return mlflow.set_experiment(experiment_id=experiment_id)
+        return store.get_experiment(store.get_run(project_run).info.experiment_id)
     for _ in range(5):
         try:
-            return mlflow.set_experiment(name)
+            found = store.get_experiment_by_name(name)
+            if found is not None and found.lifecycle_stage == "active":
+                return found
+            if found is not None:
+                raise TrackingError(
+                    f"the experiment {name!r} was deleted; restore it (mlflow experiments "
+                    f"restore --experiment-id {found.experiment_id}) or choose another"
+                )
+            return store.get_experiment(store.create_experiment(name))
         except MlflowException as exc:
             if not is_creation_race(exc):
                 raise
             time.sleep(0.5)
-    return mlflow.set_experiment(name)
+    return store.get_experiment_by_name(name)
 
 
 def is_creation_race(exc: Exception) -> bool:

@@ -23,6 +23,7 @@ from winequality import data as wine_data
 from winequality import evaluate, logged_model, schema, tracking
 from winequality.drift import Profile
 from winequality.errors import ParameterError
+from winequality.io import files
 from winequality.model import elasticnet
 from winequality.schema import FeatureIssue
 
@@ -50,7 +51,7 @@ DEFAULT_TAGS: Mapping[str, str] = {
 class TrainConfig:
     """Everything one run depends on; the defaults are the tutorial's."""
 
-    data: str | None = None  # path, URL or "uci"; None: $WINEQUALITY_DATA, else the shipped copy
+    data: str | None = None  # path, URL or "uci"; None: the shipped copy
     wine: wine_data.Wine = "red"  # which UCI file when no data is given (or with "uci")
     alpha: float = 0.7
     l1_ratio: float = 0.7
@@ -109,7 +110,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     import mlflow
 
-    experiment = tracking.use_experiment(config.experiment)
+    experiment = tracking.use_experiment(tracking.client(uri), config.experiment)
     written = _write_outputs(config.output_dir, wine, train_frame, test_frame)
 
     features = list(schema.FEATURE_NAMES)
@@ -117,7 +118,16 @@ def train(config: TrainConfig) -> TrainResult:
     train_y, test_y = train_frame[schema.TARGET.name], test_frame[schema.TARGET.name]
     example = schema.input_example(train_x)
 
-    with mlflow.start_run(run_name=config.run_name) as run:  # exits FAILED on any exception
+    with (
+        tracking.activated(uri),
+        mlflow.start_run(  # ends FAILED on any exception
+            # inside `mlflow run`, the run it started (named here, so MLflow leaves its
+            # variable in place); else a new run
+            run_id=tracking.project_run_id(),
+            experiment_id=None if tracking.project_run_id() else experiment.experiment_id,
+            run_name=config.run_name,
+        ) as run,
+    ):
         estimator.fit(train_x, train_y)
         final = estimator[-1]
         mlflow.set_tags({**config.tags, **logged_model.provenance_tags(), **autolog_tags(final)})
@@ -215,7 +225,7 @@ def _log_data_file(wine: wine_data.WineData) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="winequality-data-") as folder:
         copy = Path(folder) / wine.name
-        copy.write_bytes(wine_data.read_bytes(wine.path))
+        copy.write_bytes(files.read_bytes(wine.path))
         mlflow.log_artifact(str(copy))
 
 

@@ -1,6 +1,4 @@
-"""Files in batches: read, validate and write wine measurements without holding the whole file.
-
-`predict` scores files of any size in flat memory:
+"""The reader: wine measurements from a file or a body, in validated batches, in flat memory.
 
 - `open_input(path)` reads a CSV file with Arrow's streaming CSV reader (blocks parsed on
   Arrow's threads while the previous batch is scored), a Parquet file by row groups. A JSON
@@ -11,13 +9,14 @@
   across the whole file, keeping the first `MAX_ROWS_PER_ISSUE` rows of each problem and
   counting the rest. CSV problems cite physical line numbers, blank and malformed lines
   included.
-- `open_writer(path)` appends batches to a temporary file beside the output with a writer built
-  for the volume (Arrow's CSV writer, Parquet's writer, orjson), renamed onto the output only
-  when every batch passed.
+- `open_bytes(content, media_type)` reads a request body the same way (`serve`).
 
 Arrow infers a column's type from the first block; a later cell that does not fit (a word in a
 number column) ends that read, so the read starts again with the column as text, which the
-schema check then reports cell by cell. Knows nothing about models.
+schema check then reports cell by cell. That retry is the reader's own: `Input.read(each_pass)`
+runs the caller's pass over the batches, and runs it again from the start when the reader
+must read again (whatever the pass opened, such as an output file, is closed and dropped by
+its own `with` blocks as the retry passes through them). Knows nothing about models.
 """
 
 from __future__ import annotations
@@ -30,32 +29,33 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from winequality import codecs, schema
-from winequality.data import atomic_write, detect_layout, read_bytes
+from winequality import schema
 from winequality.errors import DataError, SchemaError, first_line
+from winequality.io import files, protocol
 from winequality.schema import FEATURE_NAMES, FeatureIssue, Validation
 
 __all__ = [
     "BATCH_BYTES",
     "MAX_ROWS_PER_ISSUE",
     "Batch",
+    "Checked",
     "Input",
     "Problems",
-    "Retype",
+    "open_bytes",
     "open_input",
-    "open_writer",
     "validate_table",
 ]
+
+T = TypeVar("T")
 
 BATCH_BYTES = 4 << 20  # CSV block (about 70,000 rows of wine measurements)
 BATCH_ROWS = 65_536  # Parquet and in-memory inputs
 MAX_ROWS_PER_ISSUE = 1000  # rows kept per problem; the rest are counted
-NUMBERED = "\0numbered"  # in Retype's types: parse on one thread, so malformed lines have numbers
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,30 @@ class Batch:
     start: int  # position of the batch's first row in the whole input (0-based)
 
 
-class Retype(Exception):  # a signal from the reader to its caller, not an error
-    """A cell did not fit the type Arrow inferred for its column: read again with `types`."""
+@dataclass(frozen=True)
+class _Plan:
+    """How to read a file: Arrow types for some columns, and whether to parse on one thread
+    (Arrow numbers malformed lines only then)."""
 
-    def __init__(self, types: dict[str, pa.DataType]) -> None:
-        super().__init__(f"read again with {types}")
-        self.types = types
+    types: dict[str, pa.DataType] = field(default_factory=dict)
+    numbered: bool = False
+
+
+class _ReadAgain(Exception):  # the reader's own signal, never seen outside `Input.read`
+    """A cell did not fit the type Arrow inferred for its column: read again with `plan`."""
+
+    def __init__(self, plan: _Plan) -> None:
+        super().__init__(f"read again with {plan}")
+        self.plan = plan
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A whole input read and checked: its features (n, 11) and its warnings."""
+
+    features: np.ndarray
+    warnings: list[FeatureIssue]
+    rows: int
 
 
 @dataclass
@@ -127,14 +145,14 @@ def _merge(into: dict[tuple[Any, ...], FeatureIssue], issue: FeatureIssue, start
 
 @dataclass
 class Input:
-    """One input file, read batch by batch: iterate `batches()` once per read."""
+    """One input, read batch by batch: `read(each_pass)` runs a pass over its batches."""
 
     what: str  # how messages name it: the path, or "standard input"
     media_type: str
     names: list[str]  # the input's columns, stripped of surrounding spaces
     size: int  # bytes, for progress
     allow_out_of_range: bool
-    _open: Callable[[dict[str, pa.DataType]], Iterator[pa.RecordBatch]]
+    _open: Callable[[_Plan], Iterator[pa.RecordBatch]]
     _position: Callable[[], int] = lambda: 0
     row_label: str = "row"
     skipped_lines: list[int] = field(default_factory=list)  # CSV lines not read as rows
@@ -144,18 +162,49 @@ class Input:
     def bytes_read(self) -> int:
         return self._position()
 
-    def batches(self, types: dict[str, pa.DataType] | None = None) -> Iterator[Batch]:
-        """Validated batches; raises Retype when a column needs another type (read again)."""
+    def read(self, each_pass: Callable[[Iterator[Batch]], T]) -> T:
+        """`each_pass(batches)`'s result, after the read that went through the whole input.
+
+        When a cell does not fit the type Arrow inferred for its column, the reader starts
+        again from the first row with that column as text: `each_pass` is then called again
+        with fresh batches, so it must start from nothing each time (the exception that ends
+        a pass closes what it opened on its way out).
+        """
+        plan = _Plan(dict(self.default_types))
+        while True:
+            try:
+                return each_pass(self._batches(plan))
+            except _ReadAgain as again:
+                plan = again.plan
+
+    def check_all(self) -> Checked:
+        """The whole input checked at once (a request body, a batch for drift): its features
+        and warnings; SchemaError with every problem."""
+
+        def each_pass(batches: Iterator[Batch]) -> Checked:
+            problems, parts, rows = Problems(), [], 0
+            for batch in batches:
+                problems.add(batch.validation, batch.start)
+                rows = batch.start + batch.columns.num_rows
+                if problems.ok:
+                    parts.append(batch.validation.features)
+            warnings = self.finish(problems, rows)
+            features = np.concatenate(parts) if parts else np.empty((0, len(FEATURE_NAMES)))
+            return Checked(features, warnings, rows)
+
+        return self.read(each_pass)
+
+    def _batches(self, plan: _Plan) -> Iterator[Batch]:
+        """Validated batches; raises _ReadAgain when a column needs another type."""
         self.skipped_lines.clear()
         self.malformed.clear()
-        types = {**self.default_types, **(types or {})}
         start = 0
         pending_blank: list[pa.Table] = []  # blank CSV lines: trailing ones are not rows
-        for record_batch in self._open(types):
+        for record_batch in self._open(plan):
             table = pa.Table.from_batches([record_batch]).rename_columns(self.names)
             if table.num_rows == 0:
                 continue
-            if self.media_type == codecs.CSV:
+            if self.media_type == files.CSV:
                 table, blank_tail = _split_blank_tail(table)
                 if table.num_rows and pending_blank:  # blank lines inside the file are rows
                     table = pa.concat_tables([*pending_blank, table])
@@ -263,24 +312,24 @@ def _filled(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def open_input(path: Path, *, allow_out_of_range: bool = False) -> Input:
     """An input file (CSV, Parquet or JSON by extension; `-` is standard input, sniffed)."""
-    if path == codecs.STDIO:
+    if path == files.STDIO:
         content = sys.stdin.buffer.read()
-        return _in_memory(content, codecs.sniff(content), "standard input", allow_out_of_range)
-    media_type, what = codecs.media_type_for(path), str(path)
+        return open_bytes(content, files.sniff(content), "standard input", allow_out_of_range)
+    media_type, what = files.media_type_for(path), str(path)
     if not path.is_file():
         raise DataError(f"no such input file: {path}")
-    if media_type == codecs.CSV:
+    if media_type == files.CSV:
         return _csv_input(path, what, allow_out_of_range)
-    if media_type == codecs.PARQUET:
+    if media_type == files.PARQUET:
         return _parquet_input(path, what, allow_out_of_range)
-    return _in_memory(read_bytes(path), media_type, what, allow_out_of_range)
+    return open_bytes(files.read_bytes(path), media_type, what, allow_out_of_range)
 
 
 def _csv_input(source: Path | bytes, what: str, allow_out_of_range: bool) -> Input:
     import pyarrow.csv as pcsv
 
     head = source[:65536] if isinstance(source, bytes) else _head(source)
-    separator, decimal = detect_layout(head, what)
+    separator, decimal = files.detect_layout(head, what)
     header_line = head.decode("utf-8-sig", errors="replace").splitlines()[0]
     raw = next(csv.reader([header_line], delimiter=separator))
     names = [name.strip() for name in raw]
@@ -295,9 +344,8 @@ def _csv_input(source: Path | bytes, what: str, allow_out_of_range: bool) -> Inp
             return int(handle.tell()) if handle is not None else 0
         return size
 
-    def batches(types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
-        numbered = types.pop(NUMBERED, None) is not None
-        again = {NUMBERED: pa.null()} if numbered else {}
+    def batches(plan: _Plan) -> Iterator[pa.RecordBatch]:
+        types, numbered = plan.types, plan.numbered
         malformed: list[tuple[int | None, str, int, int]] = []
 
         def on_invalid(row: Any) -> str:
@@ -330,16 +378,17 @@ def _csv_input(source: Path | bytes, what: str, allow_out_of_range: bool) -> Inp
                 for batch in reader:
                     if malformed and malformed[0][0] is None:
                         # Arrow numbers malformed lines only when parsing on one thread
-                        raise Retype({**types, NUMBERED: pa.null()})
+                        raise _ReadAgain(replace(plan, numbered=True))
                     yield batch
             except pa.ArrowInvalid as exc:
                 column = _failed_column(str(exc))
                 if column is None or types.get(names[column]) == pa.string():  # not a type
                     problem = first_line(exc)
                     raise DataError(f"{what} is not a readable CSV file: {problem}") from exc
-                raise Retype({**types, **again, names[column]: pa.string()}) from exc
+                retyped = {**types, names[column]: pa.string()}
+                raise _ReadAgain(replace(plan, types=retyped)) from exc
             if malformed and malformed[0][0] is None:
-                raise Retype({**types, NUMBERED: pa.null()})
+                raise _ReadAgain(replace(plan, numbered=True))
             result.skipped_lines[:] = sorted(int(n) for n, *_ in malformed if n is not None)
             for number, text, actual, expected in malformed:
                 result.malformed.append(
@@ -357,7 +406,7 @@ def _csv_input(source: Path | bytes, what: str, allow_out_of_range: bool) -> Inp
 
     result = Input(
         what,
-        codecs.CSV,
+        files.CSV,
         names,
         size,
         allow_out_of_range,
@@ -399,7 +448,7 @@ def _parquet_input(path: Path, what: str, allow_out_of_range: bool) -> Input:
     total_rows = max(parquet.metadata.num_rows, 1)
     size = path.stat().st_size
 
-    def batches(types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+    def batches(plan: _Plan) -> Iterator[pa.RecordBatch]:
         done["rows"] = 0
         try:
             # one row group at a time: a single `iter_batches` over the whole file keeps what
@@ -413,7 +462,7 @@ def _parquet_input(path: Path, what: str, allow_out_of_range: bool) -> Input:
 
     return Input(
         what,
-        codecs.PARQUET,
+        files.PARQUET,
         names,
         size,
         allow_out_of_range,
@@ -422,11 +471,24 @@ def _parquet_input(path: Path, what: str, allow_out_of_range: bool) -> Input:
     )
 
 
-def _in_memory(content: bytes, media_type: str, what: str, allow_out_of_range: bool) -> Input:
-    """Standard input and JSON documents: decoded whole by `codecs`, served in batches."""
-    if media_type == codecs.CSV:
-        return _csv_input(content, what, allow_out_of_range)
-    if media_type == codecs.PARQUET:
+def open_bytes(
+    content: bytes,
+    media_type: str,
+    what: str = "the body",
+    allow_out_of_range: bool = False,
+    *,
+    cite_lines: bool = True,
+) -> Input:
+    """Bytes in memory (a request body, standard input, a JSON file): CSV through the same
+    Arrow reader as files; Parquet and JSON decoded whole, then cut into batches.
+
+    `cite_lines=False` cites CSV problems by 0-based row, as HTTP bodies do."""
+    if media_type == files.CSV:
+        source = _csv_input(content, what, allow_out_of_range)
+        if not cite_lines:
+            source.row_label = "row"
+        return source
+    if media_type == files.PARQUET:
         buffer = pa.BufferReader(content)
         import pyarrow.parquet as pq
 
@@ -435,9 +497,7 @@ def _in_memory(content: bytes, media_type: str, what: str, allow_out_of_range: b
         except Exception as exc:
             raise DataError(f"{what} is not readable Parquet: {first_line(exc)}") from exc
     else:
-        decoded = codecs.decode(content, media_type, what=what, keep_frame=True, from_file=True)
-        assert decoded.frame is not None
-        table = _arrow_table(decoded.frame)
+        table = _arrow_table(protocol.file_frame(content, what))
     names = [str(n).strip() for n in table.column_names]
     return Input(
         what,
@@ -445,7 +505,7 @@ def _in_memory(content: bytes, media_type: str, what: str, allow_out_of_range: b
         names,
         len(content),
         allow_out_of_range,
-        lambda types: iter(table.to_batches(max_chunksize=BATCH_ROWS)),
+        lambda plan: iter(table.to_batches(max_chunksize=BATCH_ROWS)),
     )
 
 
@@ -463,155 +523,3 @@ def _arrow_table(frame: Any) -> pa.Table:
             names=[str(n) for n in frame.columns],
         )
     return pa.table(columns)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writers
-# ---------------------------------------------------------------------------------------------
-
-
-class _Writer:
-    def write(self, table: pa.Table) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class _CsvWriter(_Writer):
-    """Arrow's CSV writer. Text is quoted only where a cell needs it (a separator, a quote or a
-    line break in it), as pandas does; Arrow's own "needed" style quotes every text cell."""
-
-    def __init__(self, sink: IO[bytes]) -> None:
-        self.sink, self.header_written = sink, False
-
-    def write(self, table: pa.Table) -> None:
-        import pyarrow.csv as pcsv
-
-        if not self.header_written:
-            header = io.StringIO()
-            csv.writer(header, lineterminator="\n").writerow(table.column_names)
-            self.sink.write(header.getvalue().encode())
-            self.header_written = True
-        style = "none"
-        if _needs_quotes(table):  # Arrow would quote every text cell: features go as numbers
-            import pyarrow.compute as pc
-
-            style = "needed"
-            for index, name in enumerate(table.column_names):
-                if name in FEATURE_NAMES and pa.types.is_string(table.schema.field(index).type):
-                    number = pc.cast(table.column(index), pa.float64())
-                    table = table.set_column(index, name, number)
-        options = pcsv.WriteOptions(include_header=False, quoting_style=style)
-        pcsv.write_csv(table, self.sink, write_options=options)
-
-    def close(self) -> None:
-        pass
-
-
-def _needs_quotes(table: pa.Table) -> bool:
-    import pyarrow.compute as pc
-
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if name in FEATURE_NAMES and pa.types.is_string(column.type):
-            continue  # checked: every cell parsed as a number
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            if pc.any(pc.match_substring_regex(column, '[,"\r\n]')).as_py():
-                return True
-        elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-            return True  # dates, booleans…: let Arrow decide
-    return False
-
-
-class _ParquetWriter(_Writer):
-    def __init__(self, sink: IO[bytes]) -> None:
-        self.sink, self.writer = sink, cast(Any, None)
-
-    def write(self, table: pa.Table) -> None:
-        import pyarrow.parquet as pq
-
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.sink, table.schema)
-        self.writer.write_table(table)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-class _JsonWriter(_Writer):
-    """A JSON list of records, written batch by batch (orjson per batch)."""
-
-    def __init__(self, sink: IO[bytes]) -> None:
-        self.sink, self.first = sink, True
-        sink.write(b"[")
-
-    def write(self, table: pa.Table) -> None:
-        import orjson
-
-        if table.num_rows == 0:
-            return
-        body = orjson.dumps(table.to_pylist(), option=orjson.OPT_SERIALIZE_NUMPY)
-        self.sink.write(b"\n" if self.first else b",\n")
-        self.sink.write(body[1:-1])
-        self.first = False
-
-    def close(self) -> None:
-        self.sink.write(b"\n]\n")
-
-
-class _Background(_Writer):
-    """Writes on a thread of its own, so that formatting the output (Arrow's writers work
-    without the GIL) overlaps reading, checking and scoring the next batch. At most two
-    batches wait: memory stays flat."""
-
-    def __init__(self, inner: _Writer) -> None:
-        import queue
-        import threading
-
-        self.inner = inner
-        self.queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="winequality-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (table := self.queue.get()) is not None:
-            if self.failure is None:
-                try:
-                    self.inner.write(table)
-                except BaseException as exc:  # raised in the caller's thread
-                    self.failure = exc
-
-    def write(self, table: pa.Table) -> None:
-        self._raise()
-        self.queue.put(table)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        self._raise()
-        self.inner.close()
-
-    def _raise(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-
-@contextlib.contextmanager
-def open_writer(path: Path, media_type: str | None = None) -> Iterator[_Writer]:
-    """A batch writer on a temporary file beside `path`, renamed onto it if the block ends
-    without an exception; otherwise no file is left."""
-    media_type = media_type or codecs.media_type_for(path)
-    kinds = {codecs.CSV: _CsvWriter, codecs.PARQUET: _ParquetWriter, codecs.JSON: _JsonWriter}
-    with atomic_write(path) as partial, open(partial, "wb") as sink:
-        writer = _Background(kinds[media_type](sink))
-        writer_closed = False
-        try:
-            yield writer
-            writer.close()
-            writer_closed = True
-        finally:
-            if not writer_closed:  # stop the thread; the partial file is deleted anyway
-                with contextlib.suppress(BaseException):
-                    writer.close()

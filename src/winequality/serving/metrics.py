@@ -1,17 +1,18 @@
 """The server's Prometheus metrics, with the official client library.
 
-One process: the library's default in-memory values. With `--workers N` the server sets
-PROMETHEUS_MULTIPROC_DIR before the workers start, so each worker's values live in files that
-`MultiProcessCollector` sums at scrape time: the counts are the whole server's, whichever worker
-answers `/metrics`.
+One process: the library's default in-memory values. With `--workers N` each worker process
+sets PROMETHEUS_MULTIPROC_DIR in its own environment before the client library is imported
+(`serving.run`), so each worker's values live in files that `MultiProcessCollector` sums at
+scrape time: the counts are the whole server's, whichever worker answers `/metrics`.
 
 Drift is exported the same way: every worker counts the inputs it accepted into the reference
 profile's bins (counters, summed across workers), and the population stability index per
 feature is computed from the summed bins when `/metrics` or `/drift` is read.
 
-The request path costs two appends: a request's route, status and latency, and the rows it
-accepted, are queued and folded into the metrics in bunches (every SETTLE_SECONDS, and before
-every scrape, so `/metrics` is always current for the worker that answers it). Folding a bunch
+The request path costs two appends: a request's route, status and latency (`request_done`, as
+an observer of `serving.recorder`), and the rows it accepted, are queued and folded into the
+metrics in bunches (every SETTLE_SECONDS, and before every scrape, so `/metrics` is always
+current for the worker that answers it). Folding a bunch
 costs less than the same updates one request at a time: one counter increment per route and
 status, one per reference bin, and the histogram's observations in one tight loop.
 """
@@ -28,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from winequality import drift
+from winequality.drift import MIN_DRIFT_ROWS
 from winequality.schema import FEATURE_NAMES
 
-__all__ = ["MIN_DRIFT_ROWS", "MULTIPROC_ENV", "SETTLE_SECONDS", "ServerMetrics", "take_all"]
+__all__ = ["MULTIPROC_ENV", "SETTLE_SECONDS", "ServerMetrics", "take_all"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-MIN_DRIFT_ROWS = 100  # accepted rows before PSI is exported
 SETTLE_SECONDS = 0.1  # how stale another worker's counts may be when one worker is scraped
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -109,7 +110,7 @@ class ServerMetrics:
 
     # --- the request path --------------------------------------------------------------------
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
+    def request_done(self, scope: Any, route: str, status: int, seconds: float) -> None:
         self._requests.append((route, status, seconds))
 
     def accepted(self, features: np.ndarray, outside: np.ndarray | None) -> None:

@@ -26,7 +26,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.samplers import BaseSampler
@@ -34,7 +34,10 @@ from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
-from winequality.errors import TrackingError, first_line
+from winequality.errors import SweepError, TrackingError, first_line
+
+if TYPE_CHECKING:
+    from winequality.sweeping.config import SweepConfig, WorkerPlan
 
 __all__ = [
     "GRACE_SECONDS",
@@ -46,8 +49,10 @@ __all__ = [
     "RetryingStorage",
     "SharedStudy",
     "TrialSeededSampler",
+    "check_same_settings",
     "is_rdb",
     "is_transient",
+    "join_study",
     "make_sampler",
     "open_storage",
     "trial_seed",
@@ -392,3 +397,35 @@ def make_sampler(seed: int, grid: dict[str, list[Any]] | None) -> BaseSampler:
             )
 
     return TrialSeededSampler(seed, build)
+
+
+def join_study(plan: WorkerPlan) -> SharedStudy:
+    """This process's view of the sweep's study (created by whoever comes first)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = plan.family.grid if plan.config.grid else None
+    storage = open_storage(plan.config.storage_url)
+    return SharedStudy.join(storage, plan.config.study_name, make_sampler(plan.config.seed, grid))
+
+
+def check_same_settings(shared: SharedStudy, config: SweepConfig, data_sha: str) -> None:
+    """A study resumed with other data, model or folds would compare apples with pears."""
+    settings = {
+        "family": config.family,
+        "protocol": config.protocol,
+        "folds": config.folds,
+        "repeats": config.repeats,
+        "seed": config.seed,
+        "test_size": config.test_size,
+        "grid": config.grid,
+        "data_sha256": data_sha,
+    }
+    stored = shared.study.user_attrs.get("settings")
+    if stored is None:
+        shared.study.set_user_attr("settings", settings)
+    elif stored != settings:
+        changed = sorted(k for k in settings if stored.get(k) != settings[k])
+        raise SweepError(
+            f"study {shared.name!r} was created with other settings "
+            f"({', '.join(changed)} differ); resume it with the same ones or "
+            f"choose another --study"
+        )

@@ -1,0 +1,11 @@
+"""How wine measurements arrive and leave: one reading path for files and request bodies.
+
+- `files`: media types, bytes from disk, the CSV layout, atomic writes;
+- `protocol`: MLflow's JSON scoring protocol (and the JSON layouts files may hold);
+- `reader`: the reader: CSV (Arrow's streaming reader), Parquet (row groups) and JSON, from a
+  file or from bytes, in validated batches; a type retry stays inside it;
+- `writers`: CSV, Parquet and JSON written batch by batch onto a temporary file, renamed when
+  whole.
+
+Knows nothing about models or HTTP.
+"""

@@ -1,0 +1,19 @@
+"""The REST server, one room per concern.
+
+- `app`: the route table, written once, and the assembly (recorder → door → routes);
+- `endpoints_mlflow`: MLflow's `/invocations` and `/ping`;
+- `endpoints_server`: health, metadata, versions, OpenAPI, the page, metrics, drift;
+- `follower`: the model being served, following a registry alias;
+- `recorder`, `door`: pure ASGI pieces (timing and observers; the bearer token);
+- `access_log`, `metrics`: the recorder's observers;
+- `documents`: the OpenAPI document and the page, from package resources and the schema;
+- `http`: media types, bodies within their limit, errors as JSON;
+- `run`: uvicorn, and worker processes of our own.
+
+Decoding and validation are `winequality.io` and the feature schema; serving holds no copy.
+"""
+
+from winequality.serving.app import create_app
+from winequality.serving.run import ServerSettings, check_port, serve
+
+__all__ = ["ServerSettings", "check_port", "create_app", "serve"]

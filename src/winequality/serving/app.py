@@ -1,0 +1,142 @@
+"""The ASGI app: the route table, written once, and the pieces assembled around it.
+
+    Recorder (request id, timing → metrics, access log)
+      └─ Door (bearer token; the probes stay open)
+           └─ Starlette (routes; errors → JSON answers)
+
+The table says each route's path, method, handler and whether it is a probe; the Starlette
+routes, the door's open paths and the recorder's route labels all come from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from winequality.errors import WinequalityError
+from winequality.scoring import Scorer
+from winequality.serving.access_log import AccessLog
+from winequality.serving.door import Door
+from winequality.serving.endpoints_mlflow import MLflowEndpoints
+from winequality.serving.endpoints_server import ServerEndpoints
+from winequality.serving.follower import ModelFollower, ServedModel, served_version
+from winequality.serving.http import bug, http_error, known_error
+from winequality.serving.metrics import SETTLE_SECONDS, ServerMetrics
+from winequality.serving.recorder import Observer, Recorder
+
+__all__ = ["DEFAULT_MAX_BODY", "RouteEntry", "create_app", "route_table"]
+
+DEFAULT_MAX_BODY = 8 * 1024 * 1024  # a 10,000-row JSON body is about 2.5 MB
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    path: str
+    method: str
+    handler: Handler
+    probe: bool = False  # answered without a token, for orchestrators
+
+
+def route_table(
+    mlflow: MLflowEndpoints, server: ServerEndpoints, *, metrics: bool
+) -> list[RouteEntry]:
+    """Every route the server answers."""
+    table = [
+        RouteEntry("/invocations", "POST", mlflow.invocations),
+        RouteEntry("/ping", "GET", mlflow.ping, probe=True),
+        RouteEntry("/health", "GET", server.health, probe=True),
+        RouteEntry("/metadata", "GET", server.metadata),
+        RouteEntry("/version", "GET", server.version),
+        RouteEntry("/openapi.json", "GET", server.openapi_json),
+        RouteEntry("/", "GET", server.index),
+    ]
+    if metrics:
+        table += [
+            RouteEntry("/metrics", "GET", server.metrics_text),
+            RouteEntry("/drift", "GET", server.drift_view),
+        ]
+    return table
+
+
+def create_app(
+    scorer: Scorer,
+    *,
+    model_uri: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    allow_out_of_range: bool = False,
+    refresh: float = 0.0,
+    token: str | None = None,
+    metrics: bool = True,
+    access_log: IO[bytes] | None = None,
+    tracking_uri: str | None = None,
+) -> Any:
+    """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
+    `refresh` > 0 and the URI names an alias."""
+    model_uri = model_uri or scorer.model.uri
+    server_metrics = ServerMetrics() if metrics else None
+    follower = ModelFollower(
+        ServedModel.of(scorer, served_version(model_uri, tracking_uri, scorer.model.model_id)),
+        model_uri=model_uri,
+        refresh=refresh,
+        metrics=server_metrics,
+        tracking_uri=tracking_uri,
+    )
+    mlflow = MLflowEndpoints(
+        follower,
+        max_body_bytes=max_body_bytes,
+        allow_out_of_range=allow_out_of_range,
+        metrics=server_metrics,
+    )
+    table = route_table(mlflow, ServerEndpoints(follower, metrics=server_metrics), metrics=metrics)
+    log = AccessLog(access_log) if access_log is not None else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        tasks = []
+        if follower.follows:
+            tasks.append(asyncio.create_task(follower.run()))
+        if server_metrics is not None:  # what requests queued is folded in bunches
+            tasks.append(asyncio.create_task(_every(SETTLE_SECONDS, server_metrics.flush)))
+        if log is not None:
+            tasks.append(asyncio.create_task(_every(AccessLog.FLUSH_SECONDS, log.flush)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            if log is not None:
+                log.flush()
+
+    routes = Starlette(
+        routes=[Route(e.path, e.handler, methods=[e.method]) for e in table],
+        exception_handlers={
+            WinequalityError: known_error,
+            HTTPException: http_error,
+            Exception: bug,
+        },
+        lifespan=lifespan,
+    )
+    inner: Any = routes
+    if token:
+        inner = Door(inner, token=token, open_paths=[e.path for e in table if e.probe])
+    observers: list[Observer] = [o for o in (server_metrics, log) if o is not None]
+    return Recorder(inner, routes=[e.path for e in table], observers=observers)
+
+
+async def _every(seconds: float, action: Callable[[], None]) -> None:
+    """Run `action` every `seconds` (metrics' shared bins with several workers: whichever
+    worker answers /metrics then sees every worker's drift; the access log's bunches)."""
+    while True:
+        await asyncio.sleep(seconds)
+        action()

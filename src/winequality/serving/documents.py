@@ -1,0 +1,97 @@
+"""The documents the server shows: its OpenAPI description and the prediction page.
+
+Both are package resources (`resources/openapi.json`, `resources/page.html`), completed from
+the feature schema and the model's metadata when the server starts: the schema is their one
+source, never a second copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import orjson
+
+from winequality import schema
+from winequality.serving.http import JSON
+
+__all__ = ["openapi_document", "render_page"]
+
+
+@cache
+def _resource(name: str) -> str:
+    return (files("winequality") / "resources" / name).read_text(encoding="utf-8")
+
+
+def openapi_document(model_uri: str, package_version: str) -> dict[str, Any]:
+    """resources/openapi.json, with the model, the version and the feature schema filled in."""
+    document: dict[str, Any] = copy.deepcopy(orjson.loads(_resource("openapi.json")))
+    wine: dict[str, Any] = {
+        "type": "object",
+        "required": list(schema.FEATURE_NAMES),
+        "properties": {
+            f.name: {
+                "type": "number",
+                "minimum": f.minimum,
+                "maximum": f.maximum,
+                "description": f"{f.description} Unit: {f.unit}.",
+                "example": f.typical,
+            }
+            for f in schema.FEATURES
+        },
+        "additionalProperties": True,
+    }
+    document["info"]["version"] = package_version
+    document["info"]["description"] = (
+        f"Scores red/white wines with {model_uri}. Inputs follow the model signature: the "
+        "11 physicochemical features as doubles, within physical ranges."
+    )
+    components = document["components"]["schemas"]
+    components["Wine"] = wine
+    components["WineColumns"] = {
+        "type": "object",
+        "required": list(schema.FEATURE_NAMES),
+        "properties": {
+            name: {"type": "array", "items": spec} for name, spec in wine["properties"].items()
+        },
+    }
+    split = document["paths"]["/invocations"]["post"]["requestBody"]["content"][JSON]["schema"]
+    columns = split["oneOf"][0]["properties"]["dataframe_split"]["properties"]["columns"]
+    columns["example"] = list(schema.FEATURE_NAMES)
+    return document
+
+
+def render_page(metadata: dict[str, Any]) -> str:
+    """resources/page.html (self-contained, no CDN): a form from the schema, prefilled with the
+    model's input example."""
+    example = metadata.get("input_example") or {}
+    rows = example.get("data") or [[f["typical"] for f in metadata["features"]]]
+    fields = []
+    for j, feature in enumerate(metadata["features"]):
+        name = html.escape(feature["name"])
+        fields.append(
+            f'<label title="{html.escape(feature["description"])}">'
+            f'<span class="name">{name}</span> <span class="unit">{html.escape(feature["unit"])}'
+            # text, not number: a number input hides what was typed, and the server's
+            # "not a number" is the clearer message
+            f'</span><input type="text" inputmode="decimal" name="{name}" data-column="{name}" '
+            f'data-min="{feature["minimum"]:g}" data-max="{feature["maximum"]:g}" '
+            f'value="{rows[0][j]:g}" required>'
+            f'<small class="error" data-error-for="{name}"></small></label>'
+        )
+    options = "".join(f'<option value="{i}">example row {i + 1}</option>' for i in range(len(rows)))
+    # Raw JSON inside <script>: entities are not decoded there; only "</" must not appear.
+    payload = {"rows": rows, "columns": [f["name"] for f in metadata["features"]]}
+    data = orjson.dumps(payload).decode().replace("</", "<\\/")
+    page = _resource("page.html")
+    for key, value in (
+        ("fields", "\n".join(fields)),
+        ("options", options),
+        ("data", data),
+        ("model", html.escape(str(metadata.get("model_uri")))),
+    ):
+        page = page.replace("{{" + key + "}}", value)
+    return page

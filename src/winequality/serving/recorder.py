@@ -1,0 +1,68 @@
+"""Pure ASGI middleware that times every request and tells its observers how it went.
+
+It gives each request an id (the client's `X-Request-Id`, or one of ours), measures the time to
+answer, notes the status sent, and then calls `request_done(scope, route, status, seconds)` on
+each observer: the metrics and the access log, which know nothing of each other. The route is
+the path when it is one of the server's routes, else `other` (a label per unknown path would
+let any client grow the metrics without bound).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
+
+from winequality.serving.http import REQUEST_ID_KEY
+
+__all__ = ["Observer", "Recorder", "header"]
+
+
+class Observer(Protocol):
+    def request_done(self, scope: Any, route: str, status: int, seconds: float) -> None: ...
+
+
+def header(scope: Any, name: bytes) -> str | None:
+    """A request header's value (latin-1, as HTTP/1.1 carries it), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class Recorder:
+    def __init__(self, app: Any, *, routes: Collection[str], observers: Sequence[Observer]):
+        self.app, self.routes, self.observers = app, frozenset(routes), tuple(observers)
+        self.counter = itertools.count(1)
+        self.prefix = f"{os.getpid():x}-"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        scope[REQUEST_ID_KEY] = header(scope, b"x-request-id") or self._new_id()
+        if not self.observers:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # unless a response starts: the app failed before answering
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            seconds = time.perf_counter() - start
+            path = scope["path"]
+            route = path if path in self.routes else "other"
+            for observer in self.observers:
+                observer.request_done(scope, route, status, seconds)
+
+    def _new_id(self) -> str:
+        return self.prefix + str(next(self.counter))

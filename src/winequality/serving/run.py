@@ -1,0 +1,185 @@
+"""Running the server: uvicorn in this process, or N worker processes of our own sharing one
+socket.
+
+With `--workers N` the command binds the socket, then starts N worker processes (spawned: a
+fresh interpreter, no state forked from the command) and hands each the socket and its settings
+as arguments: nothing travels through the environment, the bearer token included. Each worker
+loads the model, keeps its Prometheus values in a shared folder that `/metrics` sums (the
+variable the client library reads is set in the worker's own environment, before the library
+is imported), and stops when the command stops, or when the command is gone (killed by
+SIGKILL): it notices that its parent changed and shuts down as SIGTERM would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from winequality.errors import ParameterError
+from winequality.scoring import Scorer, load_scorer
+from winequality.serving.app import DEFAULT_MAX_BODY, create_app
+
+__all__ = ["ServerSettings", "check_port", "serve"]
+
+log = logging.getLogger("winequality.serve")
+PARENT_CHECK_SECONDS = 0.5  # how often a worker looks whether its parent is still there
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What every worker needs to build the same app (pickled to spawned workers)."""
+
+    model_uri: str
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    allow_out_of_range: bool = False
+    refresh: float = 30.0
+    token: str | None = dataclasses.field(default=None, repr=False)  # never in a log line
+    metrics: bool = True
+    access_log: bool = True
+    tracking_uri: str | None = None
+
+    def app(self, scorer: Scorer) -> Any:
+        return create_app(
+            scorer,
+            model_uri=self.model_uri,
+            max_body_bytes=self.max_body_bytes,
+            allow_out_of_range=self.allow_out_of_range,
+            refresh=self.refresh,
+            token=self.token,
+            metrics=self.metrics,
+            access_log=sys.stderr.buffer if self.access_log else None,
+            tracking_uri=self.tracking_uri,
+        )
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address another process already listens on.
+
+    Checked before the model loads, so a busy port is said at once rather than after loading.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "the address is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ParameterError(
+                f"cannot listen on {host}:{port}: {reason}; choose another port with --port"
+            ) from None
+
+
+def _uvicorn_config(app: Any, host: str, port: int) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,  # ours: one JSON line per request
+        timeout_graceful_shutdown=30,
+        http="httptools",
+        loop="auto",  # uvloop where it is installed (not on Windows)
+    )
+
+
+def serve(
+    settings: ServerSettings,
+    *,
+    scorer: Scorer | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    workers: int = 1,
+) -> None:
+    """Load the model (failing fast on a bad URI) and serve it until SIGTERM/SIGINT.
+
+    uvicorn finishes in-flight requests on SIGTERM before exiting.
+    """
+    import uvicorn
+
+    if workers <= 1:
+        scorer = scorer or load_scorer(settings.model_uri, settings.tracking_uri)
+        server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
+        server.run()
+        if not server.started:  # it could not listen (uvicorn has logged why)
+            raise SystemExit(3)
+        return
+    import multiprocessing
+    import tempfile
+
+    listening = _uvicorn_config(None, host, port).bind_socket()
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="winequality-metrics-") as folder:
+        children = [
+            spawn.Process(
+                target=_worker,
+                args=(settings, folder, listening, host, port, os.getpid()),
+                name=f"winequality-worker-{i}",
+            )
+            for i in range(workers)
+        ]
+        with _forwarding_signals(children):
+            for child in children:
+                child.start()
+            listening.close()  # the workers hold it now
+            for child in children:
+                child.join()
+
+
+@contextlib.contextmanager
+def _forwarding_signals(children: list[Any]) -> Any:
+    """SIGTERM and SIGINT to the command reach every worker as SIGTERM (each then drains)."""
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _worker(
+    settings: ServerSettings,
+    metrics_folder: str,
+    listening: socket.socket,
+    host: str,
+    port: int,
+    parent: int,
+) -> None:
+    """One worker process: load the model, serve on the shared socket until told to stop."""
+    from winequality.serving.metrics import MULTIPROC_ENV
+
+    # This process's own environment, before prometheus_client is imported: the library
+    # picks its multiprocess value class from it at import.
+    os.environ[MULTIPROC_ENV] = metrics_folder
+    import uvicorn
+
+    scorer = load_scorer(settings.model_uri, settings.tracking_uri)
+    server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
+    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
+    server.run(sockets=[listening])
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """SIGTERM to this worker once its parent is gone (its parent pid changes)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    log.warning("the serving command (pid %d) is gone: this worker stops", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
