@@ -11,8 +11,9 @@ import pytest
 import skops.io
 from mlflow.models import Model
 
-from winequality import logged_model
+from winequality import logged_model, tracking
 from winequality.errors import ModelCheckError, ModelLoadError
+from winequality.schema import FEATURE_NAMES
 
 
 class Custom:
@@ -31,9 +32,8 @@ def test_an_estimator_with_types_we_do_not_trust_is_never_logged() -> None:
 
 @pytest.fixture
 def model_copy(trained_model, tmp_path) -> Path:
-    local = mlflow.artifacts.download_artifacts(
-        trained_model.model_uri, tracking_uri=trained_model.tracking_uri, dst_path=str(tmp_path)
-    )
+    with tracking.activated(trained_model.tracking_uri):  # how MLflow resolves `models:/m-…`
+        local = mlflow.artifacts.download_artifacts(trained_model.model_uri, dst_path=str(tmp_path))
     return Path(local)
 
 
@@ -43,6 +43,17 @@ def test_a_model_folder_loads_with_its_example_and_signature(model_copy, trained
     assert loaded.input_example is not None
     assert loaded.input_example.shape == (5, 11)
     assert json.loads(loaded.signature["inputs"])[0]["name"] == "fixed acidity"
+
+
+def test_mlflows_own_parser_reads_the_serving_example_as_the_signature_says(model_copy) -> None:
+    """Pins the one private MLflow function we rely on (`logged_model.parse_serving_input`)."""
+    from mlflow.models import Model
+
+    meta = Model.load(str(model_copy))
+    parsed = logged_model.parse_serving_input(meta.get_serving_input(str(model_copy)), meta)
+    assert list(parsed.columns) == list(FEATURE_NAMES)
+    assert parsed.shape == (5, 11)
+    assert set(parsed.dtypes.astype(str)) == {"float64"}
 
 
 def test_the_allow_list_in_the_file_is_not_trusted(model_copy, trained_model) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,7 @@ def test_uris_go_through_hadoops_file_system_in_a_session_left_running(
     from pyspark.sql import SparkSession
 
     from winequality.errors import DataError
-    from winequality.spark import SparkResult, _new_session, predict_spark
+    from winequality.spark import SparkResult, _new_session, hadoop_gateway, predict_spark
 
     red = data.load().frame
     folder = tmp_path / "lab results"  # a space, as Hadoop's paths take it
@@ -189,6 +190,11 @@ def test_uris_go_through_hadoops_file_system_in_a_session_left_running(
 
     spark = _new_session("local[2]")
     try:
+        # what the one use of PySpark's private gateway relies on (spark.hadoop_gateway)
+        jvm, conf = hadoop_gateway(spark)
+        root = jvm.org.apache.hadoop.fs.Path(f"file://{folder}")
+        assert root.getFileSystem(conf).exists(root)
+        assert spark.conf.get("spark.pyspark.python") == sys.executable  # not the environment
         result = run(f"file://{folder}")
         assert (result.output, result.predictions, result.quarantined) == (output, len(red), 0)
         scored = read(tmp_path / "scored" / "predictions")

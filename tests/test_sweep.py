@@ -83,6 +83,7 @@ def test_a_sweep_logs_every_trial_and_registers_a_champion(red_csv, workdir) -> 
         "evaluation/search.png",
         "evaluation/report.md",
     }
+    mlflow.set_tracking_uri(cfg.tracking_uri)  # MLflow resolves `models:/m-…` through it
     info = mlflow.models.get_model_info(result.final.model_uri)
     assert info.signature.inputs.input_names()[0] == "fixed acidity"  # train's logging path
     assert result.final.decision.alias == "champion"

@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -372,121 +370,6 @@ def test_same_answers_as_mlflows_own_scoring_server(trained_model, wines, client
             np.testing.assert_allclose(
                 ours.json()["predictions"], theirs.json()["predictions"], rtol=0, atol=1e-9
             )
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        close_pipes(process)
-
-
-@pytest.mark.slow
-def test_cli_serve_finishes_in_flight_requests_on_sigterm(trained_model, wines) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            Path(sys.executable).with_name("winequality"),
-            "serve",
-            "--model",
-            "models:/wine-test@champion",
-            "--port",
-            str(port),
-        ],
-        env=server_env(trained_model),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url, process)
-        body = json.dumps(
-            {"dataframe_split": {"columns": COLUMNS, "data": wines.to_numpy().tolist()}}
-        ).encode()
-        sent_half = threading.Event()
-
-        def slow_body():
-            yield body[: len(body) // 2]
-            sent_half.set()
-            time.sleep(1.0)  # SIGTERM arrives while this request is in flight
-            yield body[len(body) // 2 :]
-
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(
-                httpx.post,
-                f"{url}/invocations",
-                content=slow_body(),
-                headers={"Content-Type": "application/json"},
-                timeout=30,
-            )
-            sent_half.wait(10)
-            time.sleep(0.3)
-            process.send_signal(signal.SIGTERM)
-            answer = pending.result()
-        assert answer.status_code == 200
-        assert len(answer.json()["predictions"]) == 25
-        # uvicorn re-raises SIGTERM once drained, so supervisors see why it stopped
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        close_pipes(process)
-
-
-def test_cli_serve_refuses_a_bad_model_uri_with_exit_2(trained_model) -> None:
-    from typer.testing import CliRunner
-
-    from winequality.cli import app
-
-    answer = CliRunner().invoke(
-        app,
-        [
-            "serve",
-            "--model",
-            "models:/absent@champion",
-            "--tracking-uri",
-            trained_model.tracking_uri,
-        ],
-    )
-    assert answer.exit_code == 2
-    assert "cannot load model" in answer.output
-
-
-@pytest.mark.slow
-def test_cli_serve_with_two_workers(trained_model, wines, mlflow_pyfunc) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            Path(sys.executable).with_name("winequality"),
-            "serve",
-            "--model",
-            trained_model.model_uri,
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--access-log",  # 320 lines would fill the stderr pipe nobody reads
-            "off",
-        ],
-        env=server_env(trained_model),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url, process)
-        expected = mlflow_pyfunc.predict(wines.astype("float64"))
-        body = {"dataframe_split": {"columns": COLUMNS, "data": wines.to_numpy().tolist()}}
-
-        def ask(_: int) -> tuple[int, list[float]]:
-            with httpx.Client(base_url=url, timeout=30) as fresh:  # a new connection each
-                pid = fresh.get("/health").json()["pid"]
-                return pid, fresh.post("/invocations", json=body).json()["predictions"]
-
-        with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(ask, range(160)))
-        assert len({pid for pid, _ in answers}) == 2  # both worker processes answered
-        for _, predictions in answers:  # and alike
-            np.testing.assert_allclose(predictions, expected, atol=1e-9)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)

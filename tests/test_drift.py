@@ -1,0 +1,140 @@
+"""Drift and the training range: white wines against a red model (serve, drift, predict)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from winequality import data
+from winequality.cli import DRIFT_EXIT, app
+from winequality.drift import PROFILE_FILE
+from winequality.predict import FLAG_COLUMN, predict_file
+from winequality.schema import FEATURE_NAMES
+from winequality.scoring import load_scorer
+from winequality.serving import create_app
+
+from .conftest import ServerThread
+
+COLUMNS = list(FEATURE_NAMES)
+runner = CliRunner()
+NAME = "wine-follow"
+
+
+def body(frame: pd.DataFrame) -> dict:
+    return {"dataframe_split": {"columns": COLUMNS, "data": frame[COLUMNS].to_numpy().tolist()}}
+
+
+@pytest.fixture(scope="module")
+def red() -> pd.DataFrame:
+    return data.load().frame
+
+
+@pytest.fixture(scope="module")
+def white() -> pd.DataFrame:
+    return data.load(wine="white").frame
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus's text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_white_wines_drift_in_the_server_and_are_flagged_outside_training(
+    scorer, red, white
+) -> None:
+    with ServerThread(create_app(scorer)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        few = http.post("/invocations", json=body(red.head(50)))
+        assert few.status_code == 200
+        assert http.get("/drift").json()["features"] == {}  # too few rows for a verdict
+        red_answer = http.post("/invocations", json=body(red.sample(350, random_state=0)))
+        assert red_answer.status_code == 200
+        assert "warnings" not in red_answer.json()
+        assert http.get("/drift").json()["features"]["total sulfur dioxide"]["verdict"] == "stable"
+        answer = http.post("/invocations", json=body(white))
+        view = http.get("/drift").json()
+        text = http.get("/metrics").text
+    assert answer.status_code == 200
+    assert len(answer.json()["predictions"]) == len(white)  # still scored
+    warnings = answer.json()["warnings"]
+    assert {"row", "column", "reason", "value"} <= set(warnings[0])
+    assert "outside the training range" in warnings[0]["reason"]
+    assert "rows outside the training range" in answer.headers["x-winequality-warnings"]
+    assert view["rows"] == 400 + len(white)
+    for feature in ("total sulfur dioxide", "free sulfur dioxide", "residual sugar"):
+        assert view["features"][feature]["verdict"] == "drift"
+        assert metric(text, "winequality_feature_psi", feature=feature) >= 0.25
+    assert metric(text, "winequality_outside_training_range_total", feature="residual sugar") > 100
+
+
+def test_drift_command_flags_white_wines_and_passes_red_held_out_rows(
+    trained_model, red, white, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    _, red_test = data.split(red)  # the rows the model was tested on, never trained on
+    red_test.to_csv(tmp_path / "red.csv", index=False)
+    white.to_csv(tmp_path / "white.csv", index=False)
+    model = trained_model.model_uri
+    plot = tmp_path / "drift.png"
+    answer = runner.invoke(
+        app,
+        ["drift", "--model", model, "--input", str(tmp_path / "white.csv"), "--plot", str(plot)],
+    )
+    assert answer.exit_code == DRIFT_EXIT, answer.output
+    rows = {line.split("│")[1].strip(): line for line in answer.stdout.splitlines() if "│" in line}
+    for feature in ("total sulfur dioxide", "free sulfur dioxide", "residual sugar"):
+        assert rows[feature].rstrip(" │").endswith("drift")
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    answer = runner.invoke(app, ["drift", "--model", model, "--input", str(tmp_path / "red.csv")])
+    assert answer.exit_code == 0, answer.output
+    assert "no feature drifted" in answer.stderr
+
+
+def test_predict_warns_about_rows_outside_training_and_can_flag_them(
+    trained_model, white, tmp_path
+) -> None:
+    source = tmp_path / "white.csv"
+    white.to_csv(source, index=False)
+    output = tmp_path / "scored.parquet"
+    result = predict_file(
+        trained_model.model_uri,
+        source,
+        output,
+        tracking_uri=trained_model.tracking_uri,
+        flag_outside=True,
+    )
+    sugar = next(w for w in result.warnings if w.column == "residual sugar")
+    assert sugar.kind == "outside_training"
+    written = pd.read_parquet(output)
+    assert len(written) == len(white)  # all scored
+    assert written[FLAG_COLUMN].sum() >= sugar.count > 100
+    assert sugar.describe("line").startswith(f"residual sugar: {sugar.count} values outside")
+
+
+def test_a_model_logged_without_a_profile_still_serves(trained_model, red, tmp_path) -> None:
+    mlflow.set_tracking_uri(trained_model.tracking_uri)
+    folder = Path(
+        mlflow.artifacts.download_artifacts(trained_model.model_uri, dst_path=str(tmp_path))
+    )
+    (folder / PROFILE_FILE).unlink()
+    scorer = load_scorer(str(folder))
+    assert scorer.model.profile is None
+    with ServerThread(create_app(scorer)) as url, httpx.Client(base_url=url) as http:
+        answer = http.post("/invocations", json=body(red.head(3)))
+        assert answer.status_code == 200
+        assert http.get("/drift").json() == {
+            "model_version": answer.headers["x-model-version"],
+            "rows": 0,
+            "minimum_rows": 100,
+            "profile": False,
+            "features": {},
+        }
+        assert http.get("/metadata").json()["reference_profile"] is False

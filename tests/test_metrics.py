@@ -1,0 +1,73 @@
+"""The Prometheus metrics: requests, rows, problems and latency, as a scraper reads them."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from winequality import data
+from winequality.schema import FEATURE_NAMES
+from winequality.serving import create_app
+
+from .conftest import ServerThread
+
+COLUMNS = list(FEATURE_NAMES)
+runner = CliRunner()
+NAME = "wine-follow"
+
+
+def body(frame: pd.DataFrame) -> dict:
+    return {"dataframe_split": {"columns": COLUMNS, "data": frame[COLUMNS].to_numpy().tolist()}}
+
+
+@pytest.fixture(scope="module")
+def red() -> pd.DataFrame:
+    return data.load().frame
+
+
+@pytest.fixture(scope="module")
+def white() -> pd.DataFrame:
+    return data.load(wine="white").frame
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus's text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+# --- metrics, drift, training range -------------------------------------------------------------
+
+
+def test_metrics_count_requests_rows_problems_and_latency(scorer, red) -> None:
+    with ServerThread(create_app(scorer)) as url, httpx.Client(base_url=url) as http:
+        for _ in range(3):
+            assert http.post("/invocations", json=body(red.head(4))).status_code == 200
+        bad = red.head(2)[COLUMNS].astype(object)
+        bad.iloc[0, COLUMNS.index("pH")] = 15.0
+        bad.iloc[1, COLUMNS.index("alcohol")] = "strong"
+        assert http.post("/invocations", json=body(bad)).status_code == 422
+        assert http.get("/nowhere").status_code == 404
+        text = http.get("/metrics").text
+    assert metric(text, "winequality_requests_total", route="/invocations", status="200") == 3
+    assert metric(text, "winequality_requests_total", route="/invocations", status="422") == 1
+    assert metric(text, "winequality_requests_total", route="other", status="404") == 1
+    assert metric(text, "winequality_rows_scored_total") == 12
+    assert (
+        metric(text, "winequality_validation_problems_total", column="pH", reason="out_of_range")
+        == 1
+    )
+    assert (
+        metric(
+            text, "winequality_validation_problems_total", column="alcohol", reason="not_numeric"
+        )
+        == 1
+    )
+    assert metric(text, "winequality_request_duration_seconds_count", route="/invocations") == 4
+    assert metric(text, "winequality_model_loaded_timestamp_seconds") > 0
