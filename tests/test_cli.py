@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ from typer.testing import CliRunner
 
 import winequality.train as train_module
 from winequality.cli import app
+
+from .conftest import alive, children_of
 
 runner = CliRunner()
 COMMANDS = ["train", "predict", "serve", "sweep", "models"]
@@ -245,8 +248,39 @@ def journal(path: str):
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
 
 
+def wait_for_trials(storage: str, count: int) -> None:
+    import optuna
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name="elasticnet-grouped", storage=journal(storage))
+            if sum(t.state.is_finished() for t in study.trials) >= count:
+                return
+        except (KeyError, FileNotFoundError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} trials finished in 120 s")
+
+
+def interrupt(sweep: subprocess.Popen, how: str) -> None:
+    if how == "ctrl-c":  # what Ctrl+C does: every process of the job
+        os.killpg(sweep.pid, signal.SIGINT)
+    elif how == "ctrl-c twice":  # the second one 0.3 s later, while the first is handled
+        os.killpg(sweep.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(sweep.pid, signal.SIGINT)
+    elif how == "sigterm":  # a supervisor stopping the command, and only it
+        sweep.send_signal(signal.SIGTERM)
+    else:
+        sweep.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        sweep.send_signal(signal.SIGTERM)
+
+
 @pytest.mark.slow
-def test_ctrl_c_during_a_sweep_keeps_the_trials_and_says_how_to_resume(workdir) -> None:
+@pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c twice", "sigterm", "sigterm twice"])
+def test_stopping_a_sweep_keeps_the_trials_and_says_how_to_resume(workdir, how) -> None:
     storage, store = str(workdir / "optuna.journal"), f"sqlite:///{workdir / 'mlflow.db'}"
     command = [WINEQUALITY, "sweep", "--trials", "400", "--folds", "3", "--jobs", "2"]
     command += ["--storage", storage, "--tracking-uri", store]
@@ -258,28 +292,18 @@ def test_ctrl_c_during_a_sweep_keeps_the_trials_and_says_how_to_resume(workdir) 
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
-    import optuna
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            study = optuna.load_study(
-                study_name="elasticnet-grouped",
-                storage=optuna.storages.JournalStorage(
-                    optuna.storages.journal.JournalFileBackend(storage)
-                ),
-            )
-            if sum(t.state.is_finished() for t in study.trials) >= 10:
-                break
-        except (KeyError, FileNotFoundError):
-            pass
-        time.sleep(0.1)
-    os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl+C does: every process of the job
+    wait_for_trials(storage, 10)
+    helpers = children_of(sweep.pid)
+    assert helpers  # the worker process (and multiprocessing's own helpers, if any)
+    interrupt(sweep, how)
     _, stderr = sweep.communicate(timeout=60)
     assert sweep.returncode == 130, stderr
     assert "error: interrupted: " in stderr
     assert "are kept in study 'elasticnet-grouped'" in stderr
     assert f"resume with: winequality sweep --trials 400 --jobs 2 --storage {storage}" in stderr
+    assert not [pid for pid in helpers if alive(pid)], "a worker outlived the command"
+    import optuna
+
     study = optuna.load_study(study_name="elasticnet-grouped", storage=journal(storage))
     states = {t.state.name for t in study.trials}
     assert "RUNNING" not in states
@@ -295,3 +319,31 @@ def test_ctrl_c_during_a_sweep_keeps_the_trials_and_says_how_to_resume(workdir) 
         [parent.info.experiment_id], filter_string="tags.`winequality.role` = 'trial'"
     )
     assert {int(r.data.tags["winequality.trial"]) for r in trials} == complete
+
+
+@pytest.mark.slow
+def test_sweep_workers_stop_when_the_command_is_killed(workdir) -> None:
+    """SIGKILL to the command (no handler runs): its worker processes notice and stop."""
+    storage, store = str(workdir / "optuna.journal"), f"sqlite:///{workdir / 'mlflow.db'}"
+    command = [WINEQUALITY, "sweep", "--trials", "400", "--folds", "3", "--jobs", "2"]
+    command += ["--storage", storage, "--tracking-uri", store]
+    sweep = subprocess.Popen(
+        command,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_trials(storage, 5)
+        helpers = children_of(sweep.pid)
+        assert helpers
+        sweep.kill()
+        sweep.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in helpers if alive(pid)], "a worker outlived the command"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)

@@ -275,3 +275,15 @@ def test_a_csv_url_is_fetched_once(workdir, red_csv, tmp_path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_duplicated_column_is_named_beside_the_missing_one(tmp_path, red_csv) -> None:
+    lines = red_csv.read_text().splitlines()
+    header = lines[0].replace('"density"', '"pH"')  # pH twice, no density
+    twice = tmp_path / "twice.csv"
+    twice.write_text("\n".join([header, *lines[1:30]]) + "\n")
+    with pytest.raises(SchemaError) as error:
+        load(twice)
+    text = str(error.value)
+    assert "density: required column is missing" in text
+    assert "pH: column appears more than once" in text

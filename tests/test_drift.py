@@ -138,3 +138,18 @@ def test_a_model_logged_without_a_profile_still_serves(trained_model, red, tmp_p
             "features": {},
         }
         assert http.get("/metadata").json()["reference_profile"] is False
+
+
+def test_too_few_rows_for_a_verdict_say_so_and_exit_0(trained_model, red, tmp_path) -> None:
+    one = tmp_path / "one.csv"
+    red.head(1).to_csv(one, index=False)
+    answer = runner.invoke(
+        app,
+        [
+            "drift", "--model", trained_model.model_uri, "--input", str(one),
+            "--tracking-uri", trained_model.tracking_uri,
+        ],
+    )  # fmt: skip
+    assert answer.exit_code == 0, answer.output
+    assert "no verdict: 1 of 100 rows needed" in answer.output
+    assert "drift in" not in answer.output

@@ -94,3 +94,23 @@ def test_requirements_are_pinned_from_this_environment() -> None:
         "scipy",
     ]
     assert all("==" in p and p.split("==")[1] for p in pins)
+
+
+def test_a_boosting_model_stores_every_type_its_file_holds(tracking_uri, red_csv) -> None:
+    """Not skops' untrusted subset under the scikit-learn that wrote it: a scikit-learn that
+    trusts less (1.8 does not trust the loss object) must still load it through MLflow."""
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
+
+    frame = pd.read_csv(red_csv, sep=";")
+    features = frame[list(FEATURE_NAMES)]
+    pipeline = Pipeline([("model", HistGradientBoostingRegressor(max_iter=5))])
+    pipeline.fit(features, frame["quality"])
+    tracking.connect(tracking_uri)
+    with tracking.activated(tracking_uri), mlflow.start_run():
+        info = logged_model.log_model(pipeline, features.head(5), None)
+    stored = set(info.flavors["sklearn"]["skops_trusted_types"])
+    assert "sklearn._loss._loss.CyHalfSquaredError" in stored
+    assert "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor" in stored
+    assert "sklearn.pipeline.Pipeline" in stored  # every type, trusted by default or not

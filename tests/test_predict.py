@@ -261,3 +261,41 @@ def test_we_accept_what_mlflow_accepts_within_the_ranges_and_score_it_identicall
 def test_malformed_payloads_are_refused_before_any_value(payload) -> None:
     with pytest.raises(PayloadError):
         parse_payload(payload)
+
+
+def test_an_existing_output_is_refused_without_overwrite(trained_model, red_csv, tmp_path) -> None:
+    output = tmp_path / "scored.csv"
+    output.write_text("precious\n")
+    arguments = [
+        "predict", "--model", trained_model.model_uri, "--input", str(red_csv),
+        "--output", str(output), "--tracking-uri", trained_model.tracking_uri,
+    ]  # fmt: skip
+    refused = runner.invoke(app, arguments)
+    assert refused.exit_code == 2, refused.output
+    assert "--overwrite" in refused.output
+    assert output.read_text() == "precious\n"  # untouched
+    replaced = runner.invoke(app, [*arguments, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert output.read_text().startswith("fixed acidity")
+
+
+def test_model_uri_typos_say_what_exists(trained_model, red_csv) -> None:
+    def error_of(model: str) -> str:
+        answer = runner.invoke(
+            app,
+            [
+                "predict", "--model", model, "--input", str(red_csv),
+                "--tracking-uri", trained_model.tracking_uri,
+            ],
+        )  # fmt: skip
+        assert answer.exit_code == 2, answer.output
+        return " ".join(answer.output.split())
+
+    bare = error_of("wine-test")  # a registered name, not a URI
+    assert "models:/wine-test@champion" in bare
+    alias = error_of("models:/wine-test@champin")
+    assert "no alias 'champin'" in alias
+    assert "champion" in alias.split("no alias 'champin'")[1]
+    missing = error_of("models:/wine-quality@champion")
+    assert "`winequality train` logs a model but does not register it" in missing
+    assert "wine-test" in missing  # what is registered there

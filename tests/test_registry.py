@@ -6,7 +6,7 @@ import mlflow
 import pytest
 
 from winequality import registry
-from winequality.errors import NotFoundError, TrackingError
+from winequality.errors import NotFoundError, PromotionRefused, TrackingError
 from winequality.registry import decide
 
 
@@ -71,3 +71,62 @@ def test_listing_escapes_the_name_and_sorts_newest_first(trained_model) -> None:
     client.set_registered_model_alias(name, "champion", "1")
     versions = registry.list_versions(name, trained_model.tracking_uri)
     assert [(v.version, v.aliases) for v in versions] == [("2", []), ("1", ["champion"])]
+
+
+# --- promote and rollback ---------------------------------------------------------------------
+
+SPLIT_A = {
+    "winequality.data_sha256": "a" * 64,
+    "winequality.holdout": "grouped",
+    "winequality.split_seed": "40",
+    "winequality.test_size": "0.25",
+}
+SPLIT_B = {**SPLIT_A, "winequality.split_seed": "7"}
+
+
+def add_version(trained_model, name: str, rmse: float, split: dict[str, str]) -> str:
+    return registry.register(
+        trained_model.model_uri,
+        name,
+        tags={**split, "test_rmse": f"{rmse:.6f}"},
+        tracking_uri=trained_model.tracking_uri,
+    )
+
+
+def test_promotion_passes_the_gate_only_on_the_same_data_and_split(trained_model) -> None:
+    uri, name = trained_model.tracking_uri, "promo"
+    first = add_version(trained_model, name, 0.70, SPLIT_A)
+    registry.promote(name, first, tracking_uri=uri)  # the first champion: nothing to beat
+    better = add_version(trained_model, name, 0.65, SPLIT_A)
+    decision = registry.promote(name, better, tracking_uri=uri)
+    assert (decision.alias, decision.previous_version) == ("champion", first)
+    assert [check.name for check in decision.checks] == ["same evaluation", "beats the champion"]
+    worse = add_version(trained_model, name, 0.80, SPLIT_A)
+    with pytest.raises(PromotionRefused, match=r"beats the champion: rmse 0\.8000 does not beat"):
+        registry.promote(name, worse, tracking_uri=uri)
+    elsewhere = add_version(trained_model, name, 0.50, SPLIT_B)
+    with pytest.raises(PromotionRefused, match=r"same evaluation: .*split_seed"):
+        registry.promote(name, elsewhere, tracking_uri=uri)
+    forced = registry.promote(
+        name, elsewhere, force="re-split after the 2026 harvest", tracking_uri=uri
+    )
+    assert forced.alias == "champion"
+    tags = mlflow.MlflowClient(uri).get_model_version(name, elsewhere).tags
+    assert tags[registry.FORCED_TAG] == "re-split after the 2026 harvest"
+    assert registry.alias_version(mlflow.MlflowClient(uri), name, "champion") == elsewhere
+
+
+def test_rollback_brings_back_the_previous_champion_and_history_keeps_both(trained_model) -> None:
+    uri, name = trained_model.tracking_uri, "rollback"
+    first = add_version(trained_model, name, 0.70, SPLIT_A)
+    registry.promote(name, first, tracking_uri=uri)
+    second = add_version(trained_model, name, 0.60, SPLIT_A)
+    registry.promote(name, second, tracking_uri=uri)
+    back = registry.rollback(name, tracking_uri=uri)
+    assert (back.version, back.previous_version) == (first, second)
+    history = registry.champion_history(name, tracking_uri=uri)
+    assert [entry["version"] for entry in history] == [first, second, first]
+    assert history[-1]["by"] == "rollback"
+    versions = {v.version: v for v in registry.list_versions(name, uri)}
+    assert versions[first].aliases == ["champion"]
+    assert [period[0] for period in versions[second].champion_periods] == [history[1]["since"]]

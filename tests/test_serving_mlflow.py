@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -374,3 +375,14 @@ def test_same_answers_as_mlflows_own_scoring_server(trained_model, wines, client
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
         close_pipes(process)
+
+
+def test_a_body_nested_too_deep_is_a_400_and_logs_no_trace(client, caplog) -> None:
+    deep = b"[" * 50_000 + b"]" * 50_000  # orjson refuses it; Python's parser would recurse
+    with caplog.at_level(logging.ERROR, logger="winequality.serve"):
+        answer = client.post(
+            "/invocations", content=deep, headers={"content-type": "application/json"}
+        )
+    assert answer.status_code == 400
+    assert "not valid JSON" in answer.json()["message"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -21,7 +21,7 @@ import pytest
 
 from winequality.schema import FEATURE_NAMES
 
-from .conftest import close_pipes, free_port, wait_for
+from .conftest import alive, children_of, close_pipes, cmdline, free_port, wait_for
 
 COLUMNS = list(FEATURE_NAMES)
 
@@ -154,28 +154,6 @@ def test_cli_serve_with_two_workers(trained_model, wines, mlflow_pyfunc) -> None
         close_pipes(process)
 
 
-def children_of(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc: Linux, as CI is)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 def test_workers_stop_when_the_serving_command_is_killed(trained_model) -> None:
     """SIGKILL to the command itself (no handler runs): its workers notice and stop."""
@@ -200,7 +178,7 @@ def test_workers_stop_when_the_serving_command_is_killed(trained_model) -> None:
     )
     try:
         wait_for(f"http://127.0.0.1:{port}", process)
-        workers = [pid for pid in children_of(process.pid) if "spawn_main" in _cmdline(pid)]
+        workers = [pid for pid in children_of(process.pid) if "spawn_main" in cmdline(pid)]
         assert len(workers) == 2
         process.kill()
         process.wait(timeout=10)
@@ -211,10 +189,3 @@ def test_workers_stop_when_the_serving_command_is_killed(trained_model) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""

@@ -14,6 +14,7 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
+from winequality import registry
 from winequality.cli import app
 from winequality.errors import SweepError
 from winequality.sweeping import SweepConfig, run_sweep
@@ -229,6 +230,20 @@ def test_cli_sweep_and_models(red_csv, workdir) -> None:
         again.stdout
     )
     assert "study elasticnet-grouped" not in again.stderr  # no bar: nothing ran
+    # the alias moved since: a re-run says where it is now, and a --force it cannot apply
+    registry.register(_model_uri(cfg), "wine-quality", tracking_uri=cfg.tracking_uri)
+    mlflow.MlflowClient(cfg.tracking_uri).set_registered_model_alias(
+        "wine-quality", "champion", "2"
+    )
+    moved = runner.invoke(app, [*arguments, "--force"])
+    assert moved.exit_code == 0, moved.output
+    assert "registered as wine-quality v1 (now: no alias; champion is v2)" in moved.stdout
+    assert "--force is not applied to a finished study" in moved.stderr
+    assert "winequality promote wine-quality 1" in moved.stderr
+    fewer = runner.invoke(app, [*arguments[:4], "2", *arguments[5:]])  # --trials 2 < 3 done
+    assert fewer.exit_code == 0, fewer.output
+    assert "3 trials finished (2 asked)" in fewer.stdout
+    assert "3 of 2" not in fewer.stdout
     timed = ["--study", "short", "--trials", "1000", "--timeout", "1"]
     early = runner.invoke(app, [*arguments, *timed])
     assert early.exit_code == 0
@@ -338,3 +353,10 @@ print(result.complete)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "4"
+
+
+def _model_uri(cfg) -> str:
+    """The logged model of the sweep's final run (to register it a second time)."""
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name("winequality-sweep").experiment_id
+    return f"models:/{client.search_logged_models([experiment])[0].model_id}"

@@ -332,3 +332,31 @@ def test_mlflow_run_runs_the_projects_train_entry_point(workdir) -> None:
     assert runs[0].data.params["l1_ratio"] == "0.7"
     assert "rmse" in runs[0].data.metrics
     assert client.search_logged_models([runs[0].info.experiment_id])
+
+
+def test_too_few_rows_is_one_line_exit_2_and_no_run(workdir, red_csv) -> None:
+    five = workdir / "five.csv"
+    pd.read_csv(red_csv, sep=";").head(5).to_csv(five, index=False)
+    answer = runner.invoke(app, ["train", "--data", str(five)])
+    assert answer.exit_code == 2, answer.output
+    assert "has 5 rows" in answer.output
+    assert "at least" in answer.output
+    assert len(answer.output.strip().splitlines()) == 1  # one line, no traceback
+    assert not (workdir / "mlflow.db").exists()  # refused before the store was touched
+
+
+def test_the_split_files_name_their_index_column(workdir, tracking_uri) -> None:
+    from winequality.predict import predict_file
+
+    trained = train(TrainConfig(tracking_uri=tracking_uri, output_dir=workdir / "data"))
+    test_csv = workdir / "data" / "test.csv"
+    assert test_csv.read_text().splitlines()[0].split(",")[0] == "row"
+    result = predict_file(trained.model_uri, test_csv, tracking_uri=tracking_uri)
+    assert "" not in {w.column for w in result.warnings}  # no nameless column
+    assert "row" in {w.column for w in result.warnings}  # an index, named, ignored
+
+
+def test_a_linear_model_with_every_coefficient_zero_is_warned_about(workdir) -> None:
+    answer = runner.invoke(app, ["train", "--scale"])  # the tutorial's alpha on scaled data
+    assert answer.exit_code == 0, answer.output
+    assert "every coefficient is zero" in answer.stderr
