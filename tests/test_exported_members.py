@@ -43,6 +43,7 @@ def test_every_module_is_covered() -> None:
         "logged_model",
         "model",
         "predict",
+        "processes",
         "registry",
         "schema",
         "scoring",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from winequality import registry
+from winequality import registry, tracking
 from winequality.errors import NotFoundError, PromotionRefused, TrackingError
 from winequality.registry import decide
 
@@ -113,7 +113,7 @@ def test_promotion_passes_the_gate_only_on_the_same_data_and_split(trained_model
     assert forced.alias == "champion"
     tags = mlflow.MlflowClient(uri).get_model_version(name, elsewhere).tags
     assert tags[registry.FORCED_TAG] == "re-split after the 2026 harvest"
-    assert registry.alias_version(mlflow.MlflowClient(uri), name, "champion") == elsewhere
+    assert tracking.alias_version(mlflow.MlflowClient(uri), name, "champion") == elsewhere
 
 
 def test_rollback_brings_back_the_previous_champion_and_history_keeps_both(trained_model) -> None:

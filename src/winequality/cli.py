@@ -8,11 +8,13 @@ Output never wraps ids or URIs: results go to stdout unwrapped, messages to stde
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
@@ -37,6 +39,9 @@ __all__ = [
     "main",
     "models",
     "predict",
+    "promote",
+    "register",
+    "rollback",
     "serve",
     "sweep",
     "train",
@@ -222,6 +227,12 @@ def train(
     result = _guard(lambda: run_training(config))
     for issue in result.warnings:
         _warn(issue.describe())
+    if result.constant:
+        _warn(
+            f"every coefficient is zero: the model predicts {result.intercept:.4f} for every "
+            f"wine (R² ≈ 0); alpha={alpha:g} is too strong{' for scaled features' if scale else ''}"
+            f" — try a smaller --alpha (e.g. 0.05)"
+        )
     exp = result.experiment
     out.print(f"The set tracking uri is {result.tracking_uri}")
     info = Table.grid(padding=(0, 2))
@@ -306,7 +317,7 @@ def predict(
         str, typer.Option(help="With --engine spark: any Spark master URL.")
     ] = "local[*]",
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="With --engine spark: replace an existing output.")
+        bool, typer.Option("--overwrite", help="Replace an existing output (else refused).")
     ] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
@@ -341,6 +352,7 @@ def predict(
                 tracking_uri=tracking_uri,
                 on_progress=bar.update,
                 flag_outside=flag_outside,
+                overwrite=overwrite,
             )
         )
         bar.close()
@@ -602,7 +614,13 @@ def sweep(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from winequality.sweeping import SweepConfig, SweepInterrupted, TrialEvent, run_sweep
+    from winequality.sweeping import (
+        StopRequest,
+        SweepConfig,
+        SweepInterrupted,
+        TrialEvent,
+        run_sweep,
+    )
 
     config = SweepConfig(
         data=data,
@@ -641,15 +659,35 @@ def sweep(
         )
 
     resume = _resume_command(context)
-    try:
-        result = _guard(lambda: run_sweep(config, on_trial=advance))
-    except typer.Exit as stop:
+    stop = StopRequest()
+    with _signals_outside(stop):
+        try:
+            result = _guard(lambda: run_sweep(config, on_trial=advance, stop=stop))
+        except typer.Exit as ended:
+            progress.stop()
+            if ended.exit_code == SweepInterrupted.exit_code:
+                err.print(f"resume with: {resume}")
+            raise
         progress.stop()
-        if stop.exit_code == SweepInterrupted.exit_code:
-            err.print(f"resume with: {resume}")
-        raise
-    progress.stop()
-    _print_sweep(result, config, resume)
+        _print_sweep(result, config, resume)
+
+
+@contextlib.contextmanager
+def _signals_outside(stop: Any) -> Iterator[None]:
+    """SIGINT and SIGTERM when the sweep's own handler is not installed (starting up, the
+    final step, printing): Ctrl+C, unless a stop is already under way, in which case a late
+    signal must not cut the last lines short nor turn exit 130 into a death by signal."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if not stop.requested:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():  # stopped: the command is ending, quietly
+            signal.signal(sig, signal.SIG_IGN if stop.requested else handler)
 
 
 NOT_RESUMED = frozenset({"timeout", "force"})  # one run's choices, not the sweep's settings
@@ -676,9 +714,14 @@ def _resume_command(context: typer.Context) -> str:
 
 
 def _print_sweep(result: SweepResult, config: SweepConfig, resume: str) -> None:
+    done = (
+        f"{result.complete} of {result.trial_goal} trials finished"
+        if result.complete <= result.trial_goal
+        else f"{result.complete} trials finished ({result.trial_goal} asked)"
+    )
     out.print(
-        f"Study {result.study}: {result.complete} of {result.trial_goal} trials finished "
-        f"({result.ran_here} run here); parent run {result.parent_run_id}"
+        f"Study {result.study}: {done} ({result.ran_here} run here); "
+        f"parent run {result.parent_run_id}"
     )
     if result.parent_run_url:
         out.print(f"View the sweep at {result.parent_run_url}")
@@ -697,15 +740,23 @@ def _print_sweep(result: SweepResult, config: SweepConfig, resume: str) -> None:
     )
     if result.finalized_before is not None:
         before = result.finalized_before
-        registered = (
-            f"registered as {config.model_name} v{before['version']} ({before['alias']})"
-            if before.get("version")
-            else "logged"
-        )
+        registered = "logged"
+        if before.get("version"):
+            version, champion = before["version"], before.get("champion_now")
+            now = ", ".join(before.get("aliases_now", [])) or "no alias"
+            if champion is not None and champion != version:
+                now += f"; champion is v{champion}"
+            registered = f"registered as {config.model_name} v{version} (now: {now})"
         out.print(
             f"The study is complete; its best trial was {registered} before: "
             f"{before['model_uri']} (run {before['run_id']})"
         )
+        if config.force and before.get("version"):
+            _warn(
+                f"--force is not applied to a finished study (nothing was registered now); "
+                f"to make v{before['version']} the champion: winequality promote "
+                f"{config.model_name} {before['version']} --force REASON"
+            )
         return
     if result.final is None:
         out.print(
@@ -745,11 +796,19 @@ def drift(
 
     PSI (population stability index: < 0.1 stable, < 0.25 moderate, else drift) and a
     two-sample Kolmogorov-Smirnov test against the reference profile logged with the model.
-    Exits 0 when no feature drifted and 3 when one did, so a pipeline can gate on it.
+    Exits 0 when no feature drifted and 3 when one did, so a pipeline can gate on it; with
+    fewer rows than a verdict needs (100), it says so and exits 0.
     """
+    from winequality.drift import MIN_DRIFT_ROWS
     from winequality.predict import drift_file
 
     result = _guard(lambda: drift_file(model, input_path, plot=plot, tracking_uri=tracking_uri))
+    if not result.enough_rows:
+        err.print(
+            f"no verdict: {result.rows} of {MIN_DRIFT_ROWS} rows needed (PSI and the KS test "
+            "on fewer rows are noise; the server waits for as many)"
+        )
+        return
     table = Table(title=f"drift of {input_path} ({result.rows} rows) against {model}")
     for column in ("feature", "PSI", "KS statistic", "KS p-value", "outside training", "verdict"):
         table.add_column(column, justify="left" if column in ("feature", "verdict") else "right")
@@ -784,7 +843,8 @@ def models(
 
     versions = _guard(lambda: list_versions(name, tracking_uri))
     table = Table(title=f"registered model {name}", header_style="bold")
-    for column in ("version", "aliases", "family", "study", "test rmse", "test r2", "cv rmse"):
+    columns = ("version", "aliases", "family", "study", "test rmse", "test r2", "cv rmse")
+    for column in (*columns, "crowned (UTC)"):
         table.add_column(
             column,
             justify="right" if column.endswith(("rmse", "r2")) else "left",
@@ -797,8 +857,74 @@ def models(
             v.tags.get(FAMILY_TAG, ""),
             v.tags.get(STUDY_TAG, ""),
             *(_number(v.tags.get(tag)) for tag in ("test_rmse", "test_r2", "cv_rmse")),
+            "; ".join(_period(since, until) for since, until in v.champion_periods),
         )
     out.print(table)
+
+
+def _period(since: str, until: str | None) -> str:
+    def short(stamp: str) -> str:
+        return stamp.replace("T", " ")[:16]
+
+    return f"since {short(since)}" if until is None else f"{short(since)} → {short(until)}"
+
+
+@app.command(short_help="Register a logged model (train's) as a new version, without alias.")
+def register(
+    model: ModelOption,
+    name: Annotated[
+        str, typer.Option("--name", help="Registered model name.")
+    ] = DEFAULT_MODEL_NAME,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Register a logged model (the models:/m-… URI `train` prints) as a new version, with
+    how its run was evaluated and its held-out metrics; `promote` then decides its alias."""
+    from winequality.registry import register_logged
+
+    version = _guard(lambda: register_logged(model, name, tracking_uri))
+    out.print(
+        f"Registered {model} as {name} v{version}; promote it with: "
+        f"winequality promote {name} {version}"
+    )
+
+
+@app.command(short_help="Make a version champion if it passes the gate's checks.")
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version to promote.")],
+    force: Annotated[
+        str | None,
+        typer.Option(
+            "--force",
+            metavar="REASON",
+            help="Promote past failed checks; the reason is recorded on the version.",
+        ),
+    ] = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Make VERSION the champion if it was judged on the same data, split and seed as the
+    champion and beats it there; every failed check is named otherwise (exit 2)."""
+    from winequality.registry import promote as promote_version
+
+    decision = _guard(
+        lambda: promote_version(name, version, force=force, tracking_uri=tracking_uri)
+    )
+    for check in decision.checks:
+        mark = "[green]passed[/]" if check.passed else "[yellow]failed (forced)[/]"
+        out.print(f"  {check.name}: {mark}: {check.reason}")
+    out.print(f"{name} v{version} is now [green]champion[/]: {decision.reason}")
+
+
+@app.command(short_help="Make the previous champion champion again.")
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """The champion goes back to the one before it (`models` shows who was champion when)."""
+    from winequality.registry import rollback as roll_back
+
+    decision = _guard(lambda: roll_back(name, tracking_uri=tracking_uri))
+    out.print(f"{name} v{decision.version} is champion again (v{decision.previous_version} was)")
 
 
 def _number(text: str | None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -25,7 +26,13 @@ import pandas as pd
 
 from winequality.errors import DataError, SchemaError, first_line
 from winequality.io import files
-from winequality.schema import FEATURE_NAMES, TARGET, FeatureIssue, validate_columns
+from winequality.schema import (
+    FEATURE_NAMES,
+    INPUT_EXAMPLE_ROWS,
+    TARGET,
+    FeatureIssue,
+    validate_columns,
+)
 
 __all__ = [
     "ENV_CACHE",
@@ -46,7 +53,9 @@ __all__ = [
     "load",
     "member_name",
     "read_table",
+    "require_rows",
     "resolve",
+    "rows_needed",
     "sha256_of",
     "split",
     "write_csv_atomic",
@@ -274,7 +283,20 @@ def load(data: str | os.PathLike[str] | None = None, wine: Wine = "red") -> Wine
     """
     resolved = resolve(data, wine)
     table = read_table(resolved.content, resolved.description)
-    checked = validate_columns(table.frame, require_target=True, unknown="warn")
+    # pandas renames a repeated header name (`pH`, `pH.1`): check the names as written
+    names = _header(resolved.content, table.separator)
+    if len(names) != table.frame.shape[1]:
+        names = list(table.frame.columns)
+    columns: dict[str, np.ndarray] = {}
+    for i, name in enumerate(names):
+        columns.setdefault(name, table.frame.iloc[:, i].to_numpy())
+    checked = validate_columns(
+        columns,
+        n_rows=len(table.frame),
+        column_order=names,
+        require_target=True,
+        unknown="warn",
+    )
     if not checked.ok:
         raise SchemaError(
             checked.errors,
@@ -296,6 +318,40 @@ def load(data: str | os.PathLike[str] | None = None, wine: Wine = "red") -> Wine
         decimal=table.decimal,
         duplicate_rows=int(frame.duplicated().sum()),
         warnings=tuple(checked.warnings),
+    )
+
+
+def _header(content: bytes, separator: str) -> list[str]:
+    """The header's names as written (stripped), duplicates kept."""
+    import csv
+
+    first = content[:65536].decode("utf-8-sig", errors="replace").splitlines()[:1]
+    return [name.strip() for name in next(csv.reader(first, delimiter=separator), [])]
+
+
+def rows_needed(test_size: float, folds: int = 0) -> tuple[int, int]:
+    """(rows a training file needs, rows left to train on): once the held-out share is set
+    aside, the training rows must hold the input example and, to cross-validate, two rows per
+    fold. The one definition `train` and `sweep` check against."""
+    train_rows = max(INPUT_EXAMPLE_ROWS, 2 * folds)
+    total = train_rows + 1
+    while total - math.ceil(total * test_size) < train_rows:
+        total += 1
+    return total, train_rows
+
+
+def require_rows(wine: WineData, test_size: float, folds: int = 0) -> None:
+    """DataError, in one line, when `wine` has too few rows to train and test on."""
+    total, train_rows = rows_needed(test_size, folds)
+    rows = len(wine.frame)
+    if rows >= total:
+        return
+    why = f"the input example's {INPUT_EXAMPLE_ROWS} rows" + (
+        f" and 2 per fold for {folds} folds" if 2 * folds > INPUT_EXAMPLE_ROWS else ""
+    )
+    raise DataError(
+        f"training data {wine.description} has {rows} rows; at least {total} are needed "
+        f"({train_rows} to train on after the {test_size:.0%} held-out share: {why})"
     )
 
 

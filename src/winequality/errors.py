@@ -13,7 +13,8 @@ logged 500 with a request id in the server).
     │   ├── PayloadTooLarge     HTTP 413
     │   ├── UnsupportedMedia    HTTP 415
     │   ├── SchemaError         data that does not fit the feature schema (every problem): 422
-    │   └── SweepError          a sweep that cannot run as asked (a study made with other settings)
+    │   ├── SweepError          a sweep that cannot run as asked (a study made with other settings)
+    │   └── PromotionRefused    a version that fails the champion gate's checks: 409
     ├── NotFoundError           a registered model or version that does not exist: exit 2, 404
     ├── TrackingError           the MLflow store or the Optuna storage is unusable: exit 2, 503
     ├── ModelLoadError          a model that does not resolve, or that we do not trust: exit 2, 503
@@ -35,6 +36,7 @@ __all__ = [
     "ParameterError",
     "PayloadError",
     "PayloadTooLarge",
+    "PromotionRefused",
     "SchemaError",
     "SweepError",
     "TrackingError",
@@ -93,6 +95,13 @@ class UnsupportedMedia(InputError):
 
 class SweepError(InputError):
     """A sweep that cannot run as asked (e.g. resuming a study made with other settings)."""
+
+
+class PromotionRefused(InputError):
+    """A version that fails the champion gate's checks; the message names each."""
+
+    http_status = 409
+    error_code = "PROMOTION_REFUSED"
 
 
 class NotFoundError(WinequalityError):

@@ -56,6 +56,7 @@ TRUSTED_TYPES = frozenset(
     {
         "sklearn.tree._tree.Tree",  # random forest, extra trees
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn._loss._loss.CyHalfSquaredError",  # boosting's loss (untrusted by skops < 1.9)
     }
 )
 
@@ -74,16 +75,41 @@ class LoadedModel:
 
 
 def skops_trusted_types(estimator: Any) -> list[str]:
-    """The types skops would refuse in this estimator, all of which we must trust.
+    """Every type the estimator's skops file holds: the list MLflow stores and loads with.
 
-    Raises ModelCheckError if it holds a type outside our allow-list.
+    Not only the ones skops refuses by default under *this* scikit-learn: another version may
+    trust less (1.8 does not trust the boosting loss object), and a model must load there too.
+    Raises ModelCheckError if the estimator holds a type skops refuses and our allow-list
+    does not name.
     """
     import skops.io
 
-    found = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(estimator)))
-    unknown = [t for t in found if t not in TRUSTED_TYPES]
+    content = skops.io.dumps(estimator)
+    refused = sorted(skops.io.get_untrusted_types(data=content))
+    unknown = [t for t in refused if t not in TRUSTED_TYPES]
     if unknown:
         raise ModelCheckError(f"the estimator holds types winequality does not trust: {unknown}")
+    return sorted(_types_in(content))
+
+
+def _types_in(content: bytes) -> set[str]:
+    """The `module.Class` of every object in a skops file (its schema.json names each)."""
+    import io
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(content)) as bundle:
+        tree = json.loads(bundle.read("schema.json"))
+    found: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__module__" in node and "__class__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return found
 
 

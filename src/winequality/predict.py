@@ -58,6 +58,7 @@ def predict_file(
     tracking_uri: str | None = None,
     on_progress: Progress | None = None,
     flag_outside: bool = False,
+    overwrite: bool = False,
 ) -> PredictResult:
     """Score a file; write `prediction` next to the inputs (or only next to `id_column`).
 
@@ -69,7 +70,7 @@ def predict_file(
 
     Rows beyond the model's training range (its reference profile, with a margin) are scored
     and listed among the warnings; `flag_outside` also adds a boolean column
-    `outside_training_range`.
+    `outside_training_range`. An existing output is replaced only with `overwrite`.
     """
     source = reader.open_input(input_path, allow_out_of_range=allow_out_of_range)
     if id_column is not None and id_column not in source.names:
@@ -81,6 +82,10 @@ def predict_file(
         output_path = None
     if output_path is not None:
         files.media_type_for(output_path)  # refuse an unknown output type before reading
+        if output_path.exists() and not overwrite:
+            raise ParameterError(
+                f"{output_path} exists; choose another --output or pass --overwrite"
+            )
     run = _StreamRun(
         source, model_uri, tracking_uri, id_column, output_path, on_progress, flag_outside
     )
@@ -193,6 +198,11 @@ class DriftResult:
     def drifted(self) -> list[str]:
         return [f.feature for f in self.features if f.verdict == "drift"]
 
+    @property
+    def enough_rows(self) -> bool:
+        """Whether there were rows enough for a verdict (the server waits for as many)."""
+        return self.rows >= drift.MIN_DRIFT_ROWS
+
 
 def drift_file(
     model_uri: str,
@@ -216,6 +226,8 @@ def drift_file(
             f"{model_uri} carries no reference profile of its training data (it was logged "
             "before winequality kept one); train or sweep again to compare batches with it"
         )
+    if batch.rows < drift.MIN_DRIFT_ROWS:  # PSI on a handful of rows is noise: no verdict
+        return DriftResult(model_uri, batch.rows, [], None)
     report = drift.compare(profile, batch.features)
     written = None
     if plot is not None:

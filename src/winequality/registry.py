@@ -11,34 +11,64 @@ its score now) and applies the decision.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from winequality import tracking
-from winequality.errors import NotFoundError
+from winequality.errors import NotFoundError, ParameterError, PromotionRefused, first_line
+from winequality.tracking import CHALLENGER, CHAMPION, alias_version
 
 __all__ = [
-    "CHALLENGER",
-    "CHAMPION",
+    "DATA_TAG",
     "DEFAULT_MODEL_NAME",
+    "EVALUATION_TAGS",
+    "FORCED_TAG",
     "GATE_TAG",
+    "HISTORY_TAG",
+    "HOLDOUT_TAG",
+    "SEED_TAG",
+    "TEST_SIZE_TAG",
+    "Check",
     "Decision",
-    "RegistryUri",
     "VersionInfo",
-    "alias_version",
+    "champion_history",
     "decide",
+    "evaluation_checks",
+    "evaluation_tags",
     "gate",
     "list_versions",
+    "promote",
     "register",
+    "register_logged",
     "registered_from",
+    "rollback",
+    "standing",
     "version_holding",
 ]
 
 DEFAULT_MODEL_NAME = "wine-quality"
-CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_TAG = "winequality.gate"
+FORCED_TAG = "winequality.forced"  # on a version promoted past a failed check: the reason
+HISTORY_TAG = "winequality.champions"  # on the registered model: who was champion when (JSON)
+HISTORY_KEPT = 50  # entries (a tag holds a few thousand characters)
+# What makes two versions' held-out numbers comparable: recorded on every version.
+DATA_TAG, HOLDOUT_TAG = "winequality.data_sha256", "winequality.holdout"
+SEED_TAG, TEST_SIZE_TAG = "winequality.split_seed", "winequality.test_size"
+EVALUATION_TAGS = (DATA_TAG, HOLDOUT_TAG, SEED_TAG, TEST_SIZE_TAG)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named check of the gate, with its verdict in plain words."""
+
+    name: str
+    passed: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +80,7 @@ class Decision:
     previous_version: str | None
     previous_score: float | None
     reason: str
+    checks: tuple[Check, ...] = ()  # what the gate looked at (none for a first champion)
 
 
 @dataclass(frozen=True)
@@ -59,6 +90,7 @@ class VersionInfo:
     run_id: str | None
     created: int
     tags: dict[str, str]
+    champion_periods: list[tuple[str, str | None]] = field(default_factory=list)  # since, until
 
 
 def register(
@@ -86,6 +118,40 @@ def register(
     with tracking.activated(uri):
         version = client.create_model_version(name, model_uri, tags=tags, model_id=model_id)
     return str(version.version)
+
+
+def evaluation_tags(data_sha256: str, holdout: str, seed: int, test_size: float) -> dict[str, str]:
+    """What a version's held-out numbers were measured on, as recorded on it (and on a run)."""
+    return {
+        DATA_TAG: data_sha256,
+        HOLDOUT_TAG: holdout,
+        SEED_TAG: str(seed),
+        TEST_SIZE_TAG: repr(float(test_size)),
+    }
+
+
+def register_logged(
+    model_uri: str, name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None
+) -> str:
+    """Register a model `train` (or anything) logged, carrying over what its run recorded:
+    how it was evaluated and its held-out metrics. No alias: `promote` decides."""
+    client = tracking.client(tracking.connect(tracking_uri, create=False))
+    if model_uri.startswith("models:/m-"):
+        run_id = client.get_logged_model(model_uri.removeprefix("models:/")).source_run_id
+    elif model_uri.startswith("runs:/"):
+        run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
+    else:
+        raise ParameterError(
+            f"{model_uri}: register a logged model (models:/m-<id>, as train prints it) or a "
+            f"run's model (runs:/<run_id>/model)"
+        )
+    run = client.get_run(run_id)
+    tags = {t: run.data.tags[t] for t in EVALUATION_TAGS if t in run.data.tags}
+    for metric in ("rmse", "mae", "r2"):  # train logs `rmse`, the sweep `test_rmse`
+        value = run.data.metrics.get(f"test_{metric}", run.data.metrics.get(metric))
+        if value is not None:
+            tags[f"test_{metric}"] = f"{value:.6f}"
+    return register(model_uri, name, tags, tracking_uri)
 
 
 def decide(
@@ -124,7 +190,10 @@ def decide(
             f"({champion_score:.4f}) on the same held-out rows"
         )
     previous = champion if champion != version else None
-    return Decision(name, version, alias, score, previous, champion_score, reason)
+    checks: tuple[Check, ...] = ()
+    if previous is not None:
+        checks = (Check("beats the champion", alias == CHAMPION and not force, reason),)
+    return Decision(name, version, alias, score, previous, champion_score, reason, checks)
 
 
 def gate(
@@ -149,44 +218,142 @@ def gate(
         scorer = load_scorer(f"models:/{name}@{CHAMPION}", tracking_uri)
         champion_score = regression_metrics(test_target, scorer.predict(test_features))[metric]
     decision = decide(name, version, score, champion, champion_score, metric=metric, force=force)
-    client.set_registered_model_alias(name, decision.alias, version)
+    if decision.alias == CHAMPION and champion != version:
+        _crown(client, name, version, "sweep --force" if force else "sweep")
+    else:
+        client.set_registered_model_alias(name, decision.alias, version)
     client.set_model_version_tag(name, version, GATE_TAG, decision.reason)
     return decision
 
 
-@dataclass(frozen=True)
-class RegistryUri:
-    """`models:/name@alias` or `models:/name/version`, taken apart."""
-
-    name: str
-    alias: str | None
-    version: str | None
-
-    @classmethod
-    def parse(cls, uri: str) -> RegistryUri | None:
-        """None for URIs that name no registered model (runs:/, models:/m-…, folders)."""
-        if not uri.startswith("models:/"):
-            return None
-        rest = uri[len("models:/") :].rstrip("/")
-        if "@" in rest:
-            name, alias = rest.rsplit("@", 1)
-            return cls(name, alias, None)
-        name, _, version = rest.rpartition("/")
-        if name and version.isdigit():
-            return cls(name, None, version)
-        return None
+# ---------------------------------------------------------------------------------------------
+# Promotion by hand, rollback, and who was champion when
+# ---------------------------------------------------------------------------------------------
 
 
-def alias_version(client: Any, name: str, alias: str) -> str | None:
-    """The version an alias points to, or None if the model or the alias does not exist."""
+def evaluation_checks(candidate: Any, champion: Any, metric: str = "rmse") -> tuple[Check, ...]:
+    """The gate for a version promoted by hand: judged like the champion (the same data, split
+    and seed, as recorded on both), and better on those held-out rows."""
+    mine, theirs = candidate.tags, champion.tags
+    differ = [t for t in EVALUATION_TAGS if mine.get(t) is None or mine.get(t) != theirs.get(t)]
+    alike = Check(
+        "same evaluation",
+        not differ,
+        "judged on the same data, split and seed"
+        if not differ
+        else f"v{candidate.version} and champion v{champion.version} were not judged alike "
+        f"({', '.join(t.removeprefix('winequality.') for t in differ)}: not the same, or "
+        "not recorded)",
+    )
+    score, best = _score(candidate, metric), _score(champion, metric)
+    if differ:
+        better = Check("beats the champion", False, "not comparable: other held-out rows")
+    else:
+        won = score < best
+        better = Check(
+            "beats the champion",
+            won,
+            f"{metric} {score:.4f} {'beats' if won else 'does not beat'} champion "
+            f"v{champion.version} ({best:.4f}) on the same held-out rows",
+        )
+    return alike, better
+
+
+def promote(
+    name: str,
+    version: str,
+    *,
+    force: str | None = None,
+    metric: str = "rmse",
+    tracking_uri: str | None = None,
+) -> Decision:
+    """Make `version` the champion if it passes the gate's checks against the current one;
+    PromotionRefused naming every failed check otherwise. `force` (a reason, recorded on the
+    version) promotes past failed checks."""
+    client = tracking.client(tracking.connect(tracking_uri, create=False))
+    candidate = _version(client, name, version)
+    current = alias_version(client, name, CHAMPION)
+    score = _score(candidate, metric)
+    if current is None or current == version:
+        why = "first champion" if current is None else "already the champion"
+        _crown(client, name, version, "promote")
+        return Decision(name, version, CHAMPION, score, None, None, why)
+    champion = _version(client, name, current)
+    checks = evaluation_checks(candidate, champion, metric)
+    failed = [c for c in checks if not c.passed]
+    if failed and not force:
+        raise PromotionRefused(
+            f"{name} v{version} is not promoted: "
+            + "; ".join(f"{c.name}: {c.reason}" for c in failed)
+            + f". To promote it anyway: winequality promote {name} {version} --force REASON"
+        )
+    if failed:
+        client.set_model_version_tag(name, version, FORCED_TAG, force)
+    reason = "; ".join(f"{c.name}: {c.reason}" for c in checks)
+    if failed:
+        reason = f"--force ({force}): {reason}"
+    _crown(client, name, version, "promote --force" if failed else "promote")
+    client.set_model_version_tag(name, version, GATE_TAG, reason)
+    previous_score = _score(champion, metric)
+    return Decision(name, version, CHAMPION, score, current, previous_score, reason, checks)
+
+
+def rollback(name: str, *, tracking_uri: str | None = None) -> Decision:
+    """The champion goes back to the one before it (from the champion history)."""
+    client = tracking.client(tracking.connect(tracking_uri, create=False))
+    current = alias_version(client, name, CHAMPION)
+    earlier = [e["version"] for e in _history(client, name) if e["version"] != current]
+    if not earlier:
+        raise NotFoundError(f"{name} has no earlier champion to roll back to")
+    back = earlier[-1]
+    _version(client, name, back)  # still there
+    _crown(client, name, back, "rollback")
+    reason = f"rolled back from v{current}"
+    client.set_model_version_tag(name, back, GATE_TAG, reason)
+    return Decision(name, back, CHAMPION, math.nan, current, None, reason)
+
+
+def standing(
+    name: str, version: str, tracking_uri: str | None = None
+) -> tuple[list[str], str | None]:
+    """(the aliases `version` holds now, the champion's version now)."""
+    client = tracking.client(tracking_uri)
+    model = client.get_registered_model(name)
+    mine = sorted(a for a, v in model.aliases.items() if str(v) == str(version))
+    champion = model.aliases.get(CHAMPION)
+    return mine, None if champion is None else str(champion)
+
+
+def champion_history(name: str, *, tracking_uri: str | None = None) -> list[dict[str, str]]:
+    """Who was champion when: `{"version", "since", "by"}`, oldest first."""
+    return _history(tracking.client(tracking.connect(tracking_uri, create=False)), name)
+
+
+def _crown(client: Any, name: str, version: str, by: str) -> None:
+    """Move the champion alias to `version` and say so in the history."""
+    client.set_registered_model_alias(name, CHAMPION, version)
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    history = [*_history(client, name), {"version": version, "since": since, "by": by}]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_KEPT:]))
+
+
+def _history(client: Any, name: str) -> list[dict[str, str]]:
+    text = client.get_registered_model(name).tags.get(HISTORY_TAG)
+    return list(json.loads(text)) if text else []
+
+
+def _version(client: Any, name: str, version: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
+        return client.get_model_version(name, version)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+        raise NotFoundError(f"{name} has no version {version}: {first_line(exc)}") from None
+
+
+def _score(version: Any, metric: str) -> float:
+    text = version.tags.get(f"test_{metric}")
+    return float(text) if text else math.nan
 
 
 def version_holding(client: Any, name: str, model_id: str) -> str | None:
@@ -241,6 +408,11 @@ def list_versions(
     aliases: dict[str, list[str]] = {}
     for alias, version in model.aliases.items():
         aliases.setdefault(str(version), []).append(alias)
+    history = _history(client, name)
+    periods: dict[str, list[tuple[str, str | None]]] = {}
+    for i, entry in enumerate(history):
+        until = history[i + 1]["since"] if i + 1 < len(history) else None
+        periods.setdefault(entry["version"], []).append((entry["since"], until))
     versions = _versions_of(client, name)
     return sorted(
         (
@@ -250,6 +422,7 @@ def list_versions(
                 v.run_id,
                 int(v.creation_timestamp or 0),
                 dict(v.tags),
+                periods.get(str(v.version), []),
             )
             for v in versions
         ),

@@ -30,6 +30,7 @@ __all__ = [
     "FEATURES",
     "FEATURES_BY_NAME",
     "FEATURE_NAMES",
+    "INPUT_EXAMPLE_ROWS",
     "SO2_RULE",
     "TARGET",
     "Feature",
@@ -143,7 +144,10 @@ def model_signature() -> ModelSignature:
     )
 
 
-def input_example(features: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
+INPUT_EXAMPLE_ROWS = 5  # real training rows logged with every model as its input example
+
+
+def input_example(features: pd.DataFrame, rows: int = INPUT_EXAMPLE_ROWS) -> pd.DataFrame:
     """The first `rows` real rows of a training feature frame, as float64 in schema order."""
     missing = [n for n in FEATURE_NAMES if n not in features.columns]
     if missing:

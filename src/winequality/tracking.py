@@ -16,12 +16,15 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from winequality.errors import TrackingError, first_line
 
 __all__ = [
+    "CHALLENGER",
+    "CHAMPION",
     "DEFAULT_TRACKING_URI",
     "FAMILY_TAG",
     "PARENT_TAG",
@@ -35,11 +38,14 @@ __all__ = [
     "TRAIN_EXPERIMENT",
     "TRIAL_TAG",
     "WORKER_TAG",
+    "RegistryUri",
     "activated",
+    "alias_version",
     "client",
     "connect",
     "describe",
     "is_creation_race",
+    "missing_model",
     "preflight",
     "project_run_id",
     "redact",
@@ -55,6 +61,7 @@ STUDY_TAG, TRIAL_TAG, ROLE_TAG = "winequality.study", "winequality.trial", "wine
 FAMILY_TAG, PROTOCOL_TAG = "winequality.family", "winequality.protocol"
 WORKER_TAG, SWEEP_PARENT_TAG = "winequality.worker", "winequality.sweep_parent_run"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in the UI
+CHAMPION, CHALLENGER = "champion", "challenger"  # the registry aliases the gate sets
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable, which its users set
 PROJECT_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it started
 
@@ -257,3 +264,92 @@ def redact(uri: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{head}://{user}:***@{host}" if ":" in creds else uri
     return uri
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered models: their URIs, and what a URI that names none should have said
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistryUri:
+    """`models:/name@alias` or `models:/name/version`, taken apart."""
+
+    name: str
+    alias: str | None
+    version: str | None
+
+    @classmethod
+    def parse(cls, uri: str) -> RegistryUri | None:
+        """None for URIs that name no registered model (runs:/, models:/m-…, folders)."""
+        if not uri.startswith("models:/"):
+            return None
+        rest = uri[len("models:/") :].rstrip("/")
+        if "@" in rest:
+            name, alias = rest.rsplit("@", 1)
+            return cls(name, alias, None)
+        name, _, version = rest.rpartition("/")
+        if name and version.isdigit():
+            return cls(name, None, version)
+        return None
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points to, or None if the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def missing_model(uri: str, store: str) -> str | None:
+    """Why `uri` names no model in `store`, saying what exists there; None when the registry
+    holds what it names (the failure was something else)."""
+    from mlflow.exceptions import MlflowException
+
+    registry = client(store)
+    if ":/" not in uri:  # a bare word: neither a folder (that was checked) nor a URI
+        names = _registered_names(registry)
+        if uri in names:
+            return (
+                f"{uri!r} is a registered model's name, not a model URI: use "
+                f"models:/{uri}@{CHAMPION} (an alias) or models:/{uri}/<version>"
+            )
+        return (
+            f"{uri!r} is neither a folder nor a model URI; use runs:/<run_id>/model, "
+            f"models:/<name>@<alias>, models:/<name>/<version>, models:/m-<id> or a folder"
+        )
+    parts = RegistryUri.parse(uri)
+    if parts is None:
+        return None
+    try:
+        model = registry.get_registered_model(parts.name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            return None
+        listed = ", ".join(_registered_names(registry)) or "none"
+        return (
+            f"no registered model named {parts.name!r} (registered there: {listed}); "
+            f"`winequality train` logs a model but does not register it: "
+            f"register it with `winequality register --model models:/m-…` (the URI train "
+            f"printed), or run `winequality sweep`, which registers and gates its best"
+        )
+    if parts.alias is not None and parts.alias not in model.aliases:
+        have = ", ".join(f"{a} (v{v})" for a, v in sorted(model.aliases.items())) or "none"
+        return f"{parts.name!r} has no alias {parts.alias!r}; its aliases: {have}"
+    if parts.version is not None:
+        try:
+            registry.get_model_version(parts.name, parts.version)
+        except MlflowException:
+            latest = model.latest_versions or []
+            newest = max((int(v.version) for v in latest), default=0)
+            return f"{parts.name!r} has no version {parts.version}; its newest is v{newest}"
+    return None
+
+
+def _registered_names(registry: Any) -> list[str]:
+    return sorted(m.name for m in registry.search_registered_models(max_results=100))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from winequality import data as wine_data
-from winequality import evaluate, logged_model, schema, tracking
+from winequality import evaluate, logged_model, registry, schema, tracking
 from winequality.drift import Profile
 from winequality.errors import ParameterError
 from winequality.io import files
@@ -30,6 +30,7 @@ from winequality.schema import FeatureIssue
 __all__ = [
     "DEFAULT_EXPERIMENT",
     "DEFAULT_TAGS",
+    "SPLIT_INDEX",
     "ExperimentInfo",
     "TrainConfig",
     "TrainResult",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 DEFAULT_EXPERIMENT = tracking.TRAIN_EXPERIMENT
+SPLIT_INDEX = "row"  # train.csv and test.csv: the row's number in the data file
 DEFAULT_TAGS: Mapping[str, str] = {
     "engineering": "ML platform",
     "release.candidate": "RC1",
@@ -97,6 +99,11 @@ class TrainResult:
     intercept: float
     warnings: tuple[FeatureIssue, ...] = ()  # ignored columns of the training file
 
+    @property
+    def constant(self) -> bool:
+        """Every coefficient zero: the penalty won and the model predicts its intercept."""
+        return not any(self.coefficients.values())
+
 
 def train(config: TrainConfig) -> TrainResult:
     """Run the tutorial's flow once; raise SchemaError/DataError/TrackingError for bad input."""
@@ -105,6 +112,7 @@ def train(config: TrainConfig) -> TrainResult:
     estimator = elasticnet(config.alpha, config.l1_ratio, scale=config.scale)
     # Check everything that can be wrong with the input before writing or logging anything.
     wine = wine_data.load(config.data, config.wine)
+    wine_data.require_rows(wine, config.test_size)
     train_frame, test_frame = wine_data.split(wine.frame, config.test_size, config.seed)
     uri = tracking.connect(config.tracking_uri)
 
@@ -130,7 +138,15 @@ def train(config: TrainConfig) -> TrainResult:
     ):
         estimator.fit(train_x, train_y)
         final = estimator[-1]
-        mlflow.set_tags({**config.tags, **logged_model.provenance_tags(), **autolog_tags(final)})
+        mlflow.set_tags(
+            {
+                **config.tags,
+                **logged_model.provenance_tags(),
+                **autolog_tags(final),
+                # the tutorial's shuffled split: what `register` records on a version
+                **registry.evaluation_tags(wine.sha256, "random", config.seed, config.test_size),
+            }
+        )
         mlflow.log_params({**autolog_params(final), "scale": config.scale})
         logged_model.log_datasets(wine, train_frame, test_frame)
         predicted = estimator.predict(test_x)
@@ -240,6 +256,7 @@ def _write_outputs(
         return ()
     targets = (folder / wine.name, folder / "train.csv", folder / "test.csv")
     wine_data.write_csv_atomic(wine.frame, targets[0])
-    wine_data.write_csv_atomic(train_frame, targets[1], index=True)
-    wine_data.write_csv_atomic(test_frame, targets[2], index=True)
+    # the tutorial writes the original row numbers; named, so that readers see a column name
+    wine_data.write_csv_atomic(train_frame.rename_axis(SPLIT_INDEX), targets[1], index=True)
+    wine_data.write_csv_atomic(test_frame.rename_axis(SPLIT_INDEX), targets[2], index=True)
     return targets

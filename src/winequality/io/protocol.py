@@ -45,7 +45,7 @@ def parse_json(content: bytes, what: str) -> Any:
     except orjson.JSONDecodeError as exc:
         try:
             return json.loads(content)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (nested past its stack)
             raise PayloadError(f"{what} is not valid JSON: {exc}") from None
 
 

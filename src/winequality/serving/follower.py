@@ -60,14 +60,14 @@ def served_version(
     the alias moved in between), the version that holds the loaded model, so the answers never
     name a version they were not scored by (the follower then loads the alias's new target).
     """
-    parts = registry.RegistryUri.parse(model_uri)
+    parts = tracking.RegistryUri.parse(model_uri)
     if parts is None:
         return None
     if parts.version is not None:
         return parts.version
     assert parts.alias is not None
     client = tracking.client(tracking_uri)
-    version = registry.alias_version(client, parts.name, parts.alias)
+    version = tracking.alias_version(client, parts.name, parts.alias)
     if model_id is None or version is None:
         return version
     source = registry.registered_from(client.get_model_version(parts.name, version))
@@ -100,7 +100,7 @@ class ModelFollower:
         self.current = served
         self.model_uri, self.refresh, self.metrics = model_uri, refresh, metrics
         self.tracking_uri = tracking_uri
-        self.parts = registry.RegistryUri.parse(model_uri)
+        self.parts = tracking.RegistryUri.parse(model_uri)
         self.failure: dict[str, Any] | None = None
         self._refused: str | None = None
         if metrics is not None:
@@ -120,7 +120,7 @@ class ModelFollower:
         assert self.parts is not None
         assert self.parts.alias is not None
         try:
-            version = registry.alias_version(
+            version = tracking.alias_version(
                 tracking.client(self.tracking_uri), self.parts.name, self.parts.alias
             )
         except Exception as exc:  # the registry is away: keep serving, say so

@@ -15,24 +15,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import logging
 import os
 import signal
 import socket
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from winequality.errors import ParameterError
+from winequality.processes import watch_parent
 from winequality.scoring import Scorer, load_scorer
 from winequality.serving.app import DEFAULT_MAX_BODY, create_app
 
 __all__ = ["ServerSettings", "check_port", "serve"]
-
-log = logging.getLogger("winequality.serve")
-PARENT_CHECK_SECONDS = 0.5  # how often a worker looks whether its parent is still there
 
 
 @dataclass(frozen=True)
@@ -173,13 +168,5 @@ def _worker(
 
     scorer = load_scorer(settings.model_uri, settings.tracking_uri)
     server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
-    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
+    watch_parent(parent, signal.SIGTERM)  # SIGKILLed command: drain and stop as on SIGTERM
     server.run(sockets=[listening])
-
-
-def _stop_when_orphaned(parent: int) -> None:
-    """SIGTERM to this worker once its parent is gone (its parent pid changes)."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_SECONDS)
-    log.warning("the serving command (pid %d) is gone: this worker stops", parent)
-    os.kill(os.getpid(), signal.SIGTERM)

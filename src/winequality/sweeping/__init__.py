@@ -28,5 +28,13 @@ from winequality.sweeping.config import (
     TrialEvent,
 )
 from winequality.sweeping.sweep import run_sweep
+from winequality.sweeping.workers import StopRequest
 
-__all__ = ["SweepConfig", "SweepInterrupted", "SweepResult", "TrialEvent", "run_sweep"]
+__all__ = [
+    "StopRequest",
+    "SweepConfig",
+    "SweepInterrupted",
+    "SweepResult",
+    "TrialEvent",
+    "run_sweep",
+]

@@ -84,7 +84,9 @@ def finalize(plan: WorkerPlan, shared: SharedStudy, holdout: Holdout, where: Whe
     run_id, model_uri = log_final_run(plan, shared, holdout, where, refit)
     decision = None
     if config.register:
-        decision = register_and_gate(config, family, shared.name, model_uri, best, refit)
+        decision = register_and_gate(
+            config, family, shared.name, model_uri, best, refit, holdout.wine.sha256
+        )
     return FinalModel(run_id, model_uri, refit.test_metrics, decision)
 
 
@@ -179,6 +181,7 @@ def register_and_gate(
     model_uri: str,
     best: Any,
     refit: Refit,
+    data_sha256: str,
 ) -> registry.Decision:
     """Register the final model and let the gate decide its alias on the same held-out rows."""
     cv = best.user_attrs["cv"]["mean"]
@@ -189,6 +192,7 @@ def register_and_gate(
             STUDY_TAG: study,
             FAMILY_TAG: family.name,
             PROTOCOL_TAG: config.protocol,
+            **registry.evaluation_tags(data_sha256, "grouped", config.seed, config.test_size),
             **{f"test_{k}": f"{v:.6f}" for k, v in refit.test_metrics.items()},
             **{f"cv_{k}": f"{v:.6f}" for k, v in cv.items()},
         },

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from winequality import data as wine_data
-from winequality import evaluate, model, schema, tracking
+from winequality import evaluate, model, registry, schema, tracking
 from winequality.errors import ParameterError, SweepError
 from winequality.sweeping import final, runs
 from winequality.sweeping.config import (
@@ -43,9 +43,14 @@ class _Opened:
 
 
 def run_sweep(
-    config: SweepConfig, on_trial: Callable[[TrialEvent], None] | None = None
+    config: SweepConfig,
+    on_trial: Callable[[TrialEvent], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> SweepResult:
-    """Run (or join, or resume) a sweep until the study holds `config.trials` finished trials."""
+    """Run (or join, or resume) a sweep until the study holds `config.trials` finished trials.
+
+    `stop` handles SIGINT and SIGTERM while trials run (a caller may keep it, to know
+    afterwards that a stop was asked for)."""
     plan, holdout = _plan(config)
     # Both stores are checked before anything is written to either: the tracking store
     # answers (read only), then the Optuna storage opens, then the tracking store is used.
@@ -60,7 +65,7 @@ def run_sweep(
         raise
     for helper in helpers:
         helper.go(opened.where)
-    mine = _run_trials(plan, opened, helpers, on_trial)
+    mine = _run_trials(plan, opened, helpers, on_trial, stop or StopRequest())
     runs.delete_orphans(opened.store, opened.where.experiment_id, opened.shared)
     return _conclude(plan, opened, holdout, mine)
 
@@ -71,6 +76,7 @@ def _plan(config: SweepConfig) -> tuple[WorkerPlan, final.Holdout]:
     if config.trials < 1 or config.jobs < 1:
         raise ParameterError("--trials and --jobs must be at least 1")
     wine = wine_data.load(config.data, config.wine)
+    wine_data.require_rows(wine, config.test_size, config.folds)
     train_frame, test_frame = evaluate.holdout_split(wine.frame, config.test_size, config.seed)
     folds = evaluate.make_folds(
         train_frame, config.protocol, folds=config.folds, repeats=config.repeats, seed=config.seed
@@ -113,27 +119,29 @@ def _run_trials(
     opened: _Opened,
     helpers: list[Helper],
     on_trial: Callable[[TrialEvent], None] | None,
+    stop: StopRequest,
 ) -> set[int]:
     """This process's trials beside the helpers'; the trials finished by this command.
 
-    Ctrl+C stops every worker after its running trial; the parent run is marked KILLED and
-    SweepInterrupted says how many trials are kept."""
-    with StopRequest() as stop:
+    Ctrl+C or SIGTERM stops every worker after its running trial (a second signal at once);
+    the parent run is marked KILLED and SweepInterrupted says how many trials are kept."""
+    with stop:
         if helpers:
             final.import_final_step()  # while the helpers compute: off the serial tail
         worker = Worker(plan, opened.where, opened.shared, opened.store, stop, on_trial)
         try:
             with single_threaded_openmp():
                 worker.run()
-        except KeyboardInterrupt:  # a second Ctrl+C: at once
+        except KeyboardInterrupt:  # a second signal during a trial: cut short (and failed)
             stop.requested = True
         except BaseException:
             for helper in helpers:
-                helper.interrupt()
+                helper.interrupt(stop)
             raise
+        stop.interruptible = False  # from here a further signal only hurries the clean-up
         if stop.requested:
             for helper in helpers:
-                helper.interrupt()
+                helper.interrupt(stop)
             where, shared = opened.where, opened.shared
             runs.delete_orphans(opened.store, where.experiment_id, shared)
             opened.store.update_run(where.parent_run_id, status="KILLED")  # resume revives it
@@ -161,6 +169,11 @@ def _conclude(
         or finalized_before.get("store") != store_name
     ):
         finalized_before = None  # a better trial since, or another tracking store: register
+    if finalized_before and finalized_before.get("version"):  # where its version stands now
+        aliases, champion = registry.standing(
+            plan.config.model_name, finalized_before["version"], plan.config.tracking_uri
+        )
+        finalized_before = {**finalized_before, "aliases_now": aliases, "champion_now": champion}
     done = None
     if finalized_before is None and runs.should_finalize(shared, mine):
         with single_threaded_openmp():

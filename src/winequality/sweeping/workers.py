@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from winequality import evaluate, tracking
 from winequality.errors import SweepError, WinequalityError
+from winequality.processes import watch_parent
 from winequality.sweeping.config import TrialEvent, Where, WorkerPlan
 from winequality.sweeping.studies import join_study
 from winequality.tracking import (
@@ -54,26 +55,39 @@ def single_threaded_openmp() -> Iterator[None]:
 
 
 class StopRequest:
-    """Ctrl+C ends a worker between trials: the running trial finishes (its run logged and its
-    state told), so nothing is left RUNNING. A second Ctrl+C stops at once."""
+    """Ctrl+C or SIGTERM ends a worker between trials: the running trial finishes (its run
+    logged and its state told), so nothing is left RUNNING.
+
+    A second signal hurries: while a trial runs (`interruptible`), it is cut short by a
+    KeyboardInterrupt (the trial is failed, not left RUNNING); during the clean-up after a stop
+    it only sets `hurry`, so that the clean-up skips its waits but still runs to the end
+    (the parent run marked KILLED, the resume command printed)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.hurry = False
+        self.interruptible = True
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if not self.requested:
+            self.requested = True
+            return
+        self.hurry = True
+        if self.interruptible:
+            self.interruptible = False
             raise KeyboardInterrupt
-        self.requested = True
 
 
 class Worker:
@@ -186,7 +200,9 @@ class Helper:
             "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         )
         parent_end, child_end = context.Pipe()
-        process = context.Process(target=_helper_main, args=(plan, child_end), daemon=True)
+        process = context.Process(
+            target=_helper_main, args=(plan, child_end, os.getpid()), daemon=True
+        )
         process.start()
         child_end.close()
         return cls(process, parent_end)
@@ -199,17 +215,28 @@ class Helper:
             self.connection.send(None)
         self.process.join(timeout=30)
 
-    def interrupt(self) -> set[int]:
-        """Stop the helper as Ctrl+C does (after its running trial); the trials it finished."""
+    def interrupt(self, stop: StopRequest) -> set[int]:
+        """Stop the helper as Ctrl+C does (after its running trial), or at once if the stop
+        is hurried (its trial failed, not left RUNNING); the trials it finished."""
         self.process.join(timeout=0.5)  # a Ctrl+C at the terminal may have reached it already
-        if self.process.is_alive() and self.process.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGINT)
-        if not self.connection.poll(60):  # a trial is never that long: the helper is stuck
-            self.process.kill()
+        self._signal()
+        hurried = False
+        deadline = time.monotonic() + 60  # a trial is never that long: the helper is stuck
+        while not self.connection.poll(0.1):
+            if not self.process.is_alive() or time.monotonic() > deadline:
+                self.process.kill()
+                break
+            if stop.hurry and not hurried:  # a second signal: the helper's own second one
+                hurried, deadline = True, time.monotonic() + 10
+                self._signal()
         with contextlib.suppress(Exception):
             return self.finish()
         return set()
+
+    def _signal(self) -> None:
+        if self.process.is_alive() and self.process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGINT)
 
     def finish(self) -> set[int]:
         """Wait for the helper; the trials it finished, or its error raised here."""
@@ -243,8 +270,9 @@ class Failed:
     text: str  # the message, or the bug's traceback
 
 
-def _helper_main(plan: WorkerPlan, connection: Any) -> None:
+def _helper_main(plan: WorkerPlan, connection: Any, parent: int) -> None:
     with StopRequest() as stop:
+        watch_parent(parent, signal.SIGINT)  # the command gone (even SIGKILLed): stop too
         # While the command opens the stores, this process imports what it will need and joins
         # the study: its start-up overlaps the command's instead of following it.
         import mlflow  # noqa: F401
@@ -259,12 +287,13 @@ def _helper_main(plan: WorkerPlan, connection: Any) -> None:
             worker = Worker(plan, where, shared, store, stop)
             with single_threaded_openmp():
                 worker.run()
-            connection.send(Finished(worker.finished_here, stop.requested))
+            outcome: Finished | Failed = Finished(worker.finished_here, stop.requested)
         except KeyboardInterrupt:
-            connection.send(Finished(worker.finished_here if worker else [], True))
+            outcome = Finished(worker.finished_here if worker else [], True)
         except WinequalityError as exc:
-            connection.send(Failed(type(exc).__name__, str(exc)))
+            outcome = Failed(type(exc).__name__, str(exc))
         except BaseException:
-            connection.send(Failed(None, traceback.format_exc()))
-        finally:
-            connection.close()
+            outcome = Failed(None, traceback.format_exc())
+        with contextlib.suppress(OSError):  # a parent that is gone reads nothing
+            connection.send(outcome)
+        connection.close()
