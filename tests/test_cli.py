@@ -325,7 +325,8 @@ def test_stopping_a_sweep_keeps_the_trials_and_says_how_to_resume(workdir, how) 
 def test_sweep_workers_stop_when_the_command_is_killed(workdir) -> None:
     """SIGKILL to the command (no handler runs): its worker processes notice and stop."""
     storage, store = str(workdir / "optuna.journal"), f"sqlite:///{workdir / 'mlflow.db'}"
-    command = [WINEQUALITY, "sweep", "--trials", "400", "--folds", "3", "--jobs", "2"]
+    # more trials than the worker could finish alone before the deadline below
+    command = [WINEQUALITY, "sweep", "--trials", "100000", "--folds", "3", "--jobs", "2"]
     command += ["--storage", storage, "--tracking-uri", store]
     sweep = subprocess.Popen(
         command,
