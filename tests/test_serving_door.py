@@ -74,7 +74,7 @@ def test_a_token_guards_everything_but_the_probes(scorer, red) -> None:
 
 
 def test_the_token_stays_out_of_the_environment_and_of_the_settings_repr(monkeypatch) -> None:
-    from winequality.cli import TOKEN_ENV, _read_token
+    from winequality.cli.serve import TOKEN_ENV, _read_token
     from winequality.serving import ServerSettings
 
     monkeypatch.setenv(TOKEN_ENV, "s3cret")

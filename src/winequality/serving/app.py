@@ -1,6 +1,6 @@
 """The ASGI app: the route table, written once, and the pieces assembled around it.
 
-    Recorder (request id, timing → metrics, access log)
+    Recorder (request id, timing → metrics, access log; route labels from the router's match)
       └─ Door (bearer token; the probes stay open)
            └─ Starlette (routes; errors → JSON answers)
 
@@ -28,6 +28,7 @@ from winequality.serving.access_log import AccessLog
 from winequality.serving.door import Door
 from winequality.serving.endpoints_mlflow import MLflowEndpoints
 from winequality.serving.endpoints_server import ServerEndpoints
+from winequality.serving.endpoints_v2 import V2Endpoints
 from winequality.serving.follower import ModelFollower, ServedModel, served_version
 from winequality.serving.http import bug, http_error, known_error
 from winequality.serving.metrics import SETTLE_SECONDS, ServerMetrics
@@ -49,12 +50,19 @@ class RouteEntry:
 
 
 def route_table(
-    mlflow: MLflowEndpoints, server: ServerEndpoints, *, metrics: bool
+    mlflow: MLflowEndpoints, v2: V2Endpoints, server: ServerEndpoints, *, metrics: bool
 ) -> list[RouteEntry]:
     """Every route the server answers."""
+    model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
     table = [
         RouteEntry("/invocations", "POST", mlflow.invocations),
         RouteEntry("/ping", "GET", mlflow.ping, probe=True),
+        RouteEntry("/v2", "GET", v2.server_metadata),
+        RouteEntry("/v2/health/live", "GET", v2.live, probe=True),
+        RouteEntry("/v2/health/ready", "GET", v2.ready, probe=True),
+        *(RouteEntry(path, "GET", v2.model_metadata) for path in (model, version)),
+        *(RouteEntry(f"{path}/ready", "GET", v2.model_ready) for path in (model, version)),
+        *(RouteEntry(f"{path}/infer", "POST", v2.infer) for path in (model, version)),
         RouteEntry("/health", "GET", server.health, probe=True),
         RouteEntry("/metadata", "GET", server.metadata),
         RouteEntry("/version", "GET", server.version),
@@ -80,9 +88,11 @@ def create_app(
     metrics: bool = True,
     access_log: IO[bytes] | None = None,
     tracking_uri: str | None = None,
+    name: str | None = None,
 ) -> Any:
     """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
-    `refresh` > 0 and the URI names an alias."""
+    `refresh` > 0 and the URI names an alias. `name` is the model's name on V2 routes (default:
+    the registered name, else wine-quality)."""
     model_uri = model_uri or scorer.model.uri
     server_metrics = ServerMetrics() if metrics else None
     follower = ModelFollower(
@@ -98,7 +108,16 @@ def create_app(
         allow_out_of_range=allow_out_of_range,
         metrics=server_metrics,
     )
-    table = route_table(mlflow, ServerEndpoints(follower, metrics=server_metrics), metrics=metrics)
+    v2 = V2Endpoints(
+        follower,
+        name=name,
+        max_body_bytes=max_body_bytes,
+        allow_out_of_range=allow_out_of_range,
+        metrics=server_metrics,
+        tracking_uri=tracking_uri,
+    )
+    server = ServerEndpoints(follower, metrics=server_metrics, model_name=v2.name)
+    table = route_table(mlflow, v2, server, metrics=metrics)
     log = AccessLog(access_log) if access_log is not None else None
 
     @contextlib.asynccontextmanager
@@ -131,7 +150,7 @@ def create_app(
     if token:
         inner = Door(inner, token=token, open_paths=[e.path for e in table if e.probe])
     observers: list[Observer] = [o for o in (server_metrics, log) if o is not None]
-    return Recorder(inner, routes=[e.path for e in table], observers=observers)
+    return Recorder(inner, observers=observers)
 
 
 async def _every(seconds: float, action: Callable[[], None]) -> None:

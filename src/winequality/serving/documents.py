@@ -26,9 +26,17 @@ def _resource(name: str) -> str:
     return (files("winequality") / "resources" / name).read_text(encoding="utf-8")
 
 
-def openapi_document(model_uri: str, package_version: str) -> dict[str, Any]:
-    """resources/openapi.json, with the model, the version and the feature schema filled in."""
+def openapi_document(
+    model_uri: str, package_version: str, model_name: str = "wine-quality"
+) -> dict[str, Any]:
+    """resources/openapi.json and openapi_v2.json (the Open Inference Protocol's routes), with
+    the model, its name on V2 routes, the version and the feature schema filled in."""
     document: dict[str, Any] = copy.deepcopy(orjson.loads(_resource("openapi.json")))
+    v2 = _resource("openapi_v2.json").replace('"{{model_name}}"', orjson.dumps(model_name).decode())
+    v2 = v2.replace('"{{feature_names}}"', orjson.dumps(schema.FEATURE_NAMES).decode()[1:-1])
+    v2_parts = orjson.loads(v2)
+    document["paths"].update(v2_parts["paths"])
+    document["components"]["schemas"].update(v2_parts["components"]["schemas"])
     wine: dict[str, Any] = {
         "type": "object",
         "required": list(schema.FEATURE_NAMES),

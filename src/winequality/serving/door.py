@@ -10,14 +10,14 @@ import hmac
 from collections.abc import Collection
 from typing import Any
 
-from winequality.serving.http import error_body, send_json
+from winequality.serving.http import error_body, is_v2, send_json, v2_error_body
 from winequality.serving.recorder import header
 
-__all__ = ["UNAUTHORIZED", "Door"]
+__all__ = ["NEEDS_TOKEN", "UNAUTHORIZED", "V2_UNAUTHORIZED", "Door"]
 
-UNAUTHORIZED = error_body(
-    "UNAUTHORIZED", "this server needs a bearer token (Authorization: Bearer …)"
-)
+NEEDS_TOKEN = "this server needs a bearer token (Authorization: Bearer …)"
+UNAUTHORIZED = error_body("UNAUTHORIZED", NEEDS_TOKEN)
+V2_UNAUTHORIZED = v2_error_body(NEEDS_TOKEN)
 CHALLENGE = [(b"www-authenticate", b'Bearer realm="winequality"')]
 
 
@@ -30,7 +30,8 @@ class Door:
         if scope["type"] != "http" or scope["path"] in self.open_paths or self._authorized(scope):
             await self.app(scope, receive, send)
             return
-        await send_json(send, 401, UNAUTHORIZED, CHALLENGE)
+        body = V2_UNAUTHORIZED if is_v2(scope["path"]) else UNAUTHORIZED
+        await send_json(send, 401, body, CHALLENGE)
 
     def _authorized(self, scope: Any) -> bool:
         given = header(scope, b"authorization")

@@ -4,7 +4,7 @@ answers them, with the signature enforced.
 A JSON body is MLflow's protocol (`io.protocol`); CSV and Parquet bodies go through the same
 reader as files (`io.reader`). Every cell is checked against the feature schema; every problem
 is listed, by row and column, in one 422. Rows beyond the model's training range are scored and
-named in `warnings`.
+named in `warnings` (`serving.scoring`, which every protocol shares).
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from winequality import drift
 from winequality.errors import SchemaError
 from winequality.io import files, protocol, reader
-from winequality.schema import FEATURE_NAMES, FeatureIssue
+from winequality.schema import FeatureIssue
 from winequality.serving.follower import ModelFollower
 from winequality.serving.http import JSON, ROWS_KEY, VERSION_KEY, media_type, read_body
 from winequality.serving.metrics import ServerMetrics
+from winequality.serving.scoring import score
 
 __all__ = ["MLflowEndpoints", "decode_body"]
-
-MAX_WARNINGS = 100  # cells listed in an answer's `warnings`; the header counts the rows
 
 
 def decode_body(
@@ -70,51 +68,16 @@ class MLflowEndpoints:
             if self.metrics is not None:
                 self.metrics.refused(refused.issues)
             raise
-        predictions = served.scorer.predict(features)
-        request.scope[ROWS_KEY] = len(predictions)
-        answer: dict[str, Any] = {"predictions": predictions}
-        extra = ""
-        outside = None
-        profile = served.scorer.model.profile
-        if profile is not None:
-            outside = drift.outside_training(profile, features)
-            if outside.any():
-                issues = drift.outside_issues(profile, outside, features)
-                answer["warnings"] = _entries(issues, features, outside)
-                extra = f"{int(outside.any(axis=1).sum())} rows outside the training range"
-            else:
-                outside = None
-        if self.metrics is not None:
-            self.metrics.accepted(features, outside)
+        scored = score(served, features, warnings, self.metrics)
+        request.scope[ROWS_KEY] = len(scored.predictions)
+        answer: dict[str, Any] = {"predictions": scored.predictions}
+        if scored.outside:
+            answer["warnings"] = scored.outside
         return Response(
             orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY),
             media_type=JSON,
-            headers={"X-Model-Version": served.version, **_warning_header(warnings, extra)},
+            headers=scored.header,
         )
 
     async def ping(self, request: Request) -> Response:
         return Response("\n", media_type=JSON)  # what MLflow's server answers
-
-
-def _entries(
-    issues: list[FeatureIssue], features: np.ndarray, outside: np.ndarray
-) -> list[dict[str, Any]]:
-    """The first MAX_WARNINGS cells beyond the training range, row by row, each with its value
-    and its feature's warning."""
-    reasons = {issue.column: issue.reason for issue in issues}
-    rows, found = np.nonzero(outside)
-    entries = []
-    for row, j in zip(rows[:MAX_WARNINGS].tolist(), found[:MAX_WARNINGS].tolist(), strict=True):
-        name = FEATURE_NAMES[j]
-        entries.append(
-            {"row": row, "column": name, "reason": reasons[name], "value": float(features[row, j])}
-        )
-    return entries
-
-
-def _warning_header(issues: list[FeatureIssue], extra: str = "") -> dict[str, str]:
-    texts = [i.describe() for i in issues[:5]] + ([extra] if extra else [])
-    if not texts:
-        return {}
-    text = "; ".join(texts)
-    return {"X-Winequality-Warnings": text.encode("ascii", "replace").decode()[:1000]}

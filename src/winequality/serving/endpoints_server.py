@@ -22,7 +22,9 @@ __all__ = ["ServerEndpoints"]
 class ServerEndpoints:
     """Routes about the server; the fixed documents are built once, at start."""
 
-    def __init__(self, follower: ModelFollower, *, metrics: ServerMetrics | None) -> None:
+    def __init__(
+        self, follower: ModelFollower, *, metrics: ServerMetrics | None, model_name: str
+    ) -> None:
         self.follower, self.metrics = follower, metrics
         versions = {
             "winequality": version("winequality"),
@@ -30,7 +32,9 @@ class ServerEndpoints:
             "scikit-learn": version("scikit-learn"),
         }
         self.versions = orjson.dumps(versions)
-        self.openapi = orjson.dumps(openapi_document(follower.model_uri, versions["winequality"]))
+        self.openapi = orjson.dumps(
+            openapi_document(follower.model_uri, versions["winequality"], model_name)
+        )
         self.page = render_page(follower.current.scorer.metadata())
 
     async def health(self, request: Request) -> Response:

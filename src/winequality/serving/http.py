@@ -27,17 +27,21 @@ __all__ = [
     "JSON",
     "REQUEST_ID_KEY",
     "ROWS_KEY",
+    "V2_PREFIX",
     "VERSION_KEY",
     "bug",
     "error_body",
     "http_error",
+    "is_v2",
     "known_error",
     "media_type",
     "read_body",
     "send_json",
+    "v2_error_body",
 ]
 
 JSON = files.JSON
+V2_PREFIX = "/v2"  # the Open Inference Protocol's routes
 DRAIN_LIMIT = 64 * 1024 * 1024  # read and drop this much of a body that is too large
 # What a request leaves in its ASGI scope for the pieces around it (the access log, metrics).
 VERSION_KEY, ROWS_KEY, REQUEST_ID_KEY = "winequality.version", "winequality.rows", "winequality.id"
@@ -116,9 +120,23 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+def is_v2(path: str) -> bool:
+    """Open Inference Protocol routes answer errors in its shape: `{"error": …}`."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def v2_error_body(message: str, errors: list[dict[str, Any]] | None = None) -> bytes:
+    """The protocol's error object, with the problems by row and column beside it."""
+    return orjson.dumps({"error": message, "errors": errors or []})
+
+
 async def known_error(request: Request, exc: Exception) -> Response:
-    """Every deliberate error, with the status it carries."""
+    """Every deliberate error, with the status it carries (on V2 routes, a value that breaks
+    the schema is a 400: the protocol has no 422)."""
     assert isinstance(exc, WinequalityError)
+    if is_v2(request.url.path):
+        status = 400 if exc.http_status == 422 else exc.http_status
+        return Response(v2_error_body(exc.summary, exc.entries()), status, media_type=JSON)
     body = error_body(exc.error_code, exc.summary, exc.entries())
     return Response(body, status_code=exc.http_status, media_type=JSON)
 
@@ -127,8 +145,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (404, 405), in our shape and with their headers (a 405's
     `Allow`, which RFC 9110 requires)."""
     assert isinstance(exc, HTTPException)
-    codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-    body = error_body(codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
+    if is_v2(request.url.path):
+        body = v2_error_body(str(exc.detail))
+    else:
+        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+        body = error_body(codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
     return Response(body, status_code=exc.status_code, media_type=JSON, headers=exc.headers)
 
 
@@ -138,10 +159,13 @@ async def bug(request: Request, exc: Exception) -> Response:
     log.error(
         "request %s: %s %s failed", request_id, request.method, request.url.path, exc_info=exc
     )
+    message = f"internal error; the server log has the details under {request_id}"
     body = orjson.dumps(
-        {
+        {"error": message, "request_id": request_id}
+        if is_v2(request.url.path)
+        else {
             "error_code": "INTERNAL_ERROR",
-            "message": f"internal error; the server log has the details under {request_id}",
+            "message": message,
             "errors": [],
             "request_id": request_id,
         }

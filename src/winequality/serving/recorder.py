@@ -3,8 +3,8 @@
 It gives each request an id (the client's `X-Request-Id`, or one of ours), measures the time to
 answer, notes the status sent, and then calls `request_done(scope, route, status, seconds)` on
 each observer: the metrics and the access log, which know nothing of each other. The route is
-the path when it is one of the server's routes, else `other` (a label per unknown path would
-let any client grow the metrics without bound).
+the route's template (`/v2/models/{name}/infer`), as the router matched it, else `other` (a
+label per unknown path would let any client grow the metrics without bound).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from winequality.serving.http import REQUEST_ID_KEY
@@ -33,8 +33,8 @@ def header(scope: Any, name: bytes) -> str | None:
 
 
 class Recorder:
-    def __init__(self, app: Any, *, routes: Collection[str], observers: Sequence[Observer]):
-        self.app, self.routes, self.observers = app, frozenset(routes), tuple(observers)
+    def __init__(self, app: Any, *, observers: Sequence[Observer]):
+        self.app, self.observers = app, tuple(observers)
         self.counter = itertools.count(1)
         self.prefix = f"{os.getpid():x}-"
 
@@ -59,8 +59,8 @@ class Recorder:
             await self.app(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - start
-            path = scope["path"]
-            route = path if path in self.routes else "other"
+            matched = scope.get("route")  # set by Starlette's router (a 405 matches too)
+            route = getattr(matched, "path", "other")
             for observer in self.observers:
                 observer.request_done(scope, route, status, seconds)
 

@@ -42,6 +42,7 @@ class ServerSettings:
     metrics: bool = True
     access_log: bool = True
     tracking_uri: str | None = None
+    name: str | None = None  # the model's name on V2 routes
 
     def app(self, scorer: Scorer) -> Any:
         return create_app(
@@ -54,6 +55,7 @@ class ServerSettings:
             metrics=self.metrics,
             access_log=sys.stderr.buffer if self.access_log else None,
             tracking_uri=self.tracking_uri,
+            name=self.name,
         )
 
 

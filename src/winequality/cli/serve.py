@@ -1,0 +1,114 @@
+"""`winequality serve`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    pass
+
+from winequality.cli.app import ModelOption, Switch, TrackingOption, app, err, guard, warn
+
+__all__ = ["TOKEN_ENV", "serve"]
+
+
+TOKEN_ENV = "WINEQUALITY_TOKEN"
+
+
+@app.command(short_help="Serve a model over HTTP (MLflow's protocol and V2, a page, OpenAPI).")
+def serve(
+    model: ModelOption,
+    host: Annotated[
+        str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Processes, each with the model.")] = 1,
+    max_body_mb: Annotated[float, typer.Option(help="Larger bodies get 413.")] = 8.0,
+    allow_out_of_range: Annotated[
+        bool,
+        typer.Option(
+            "--allow-out-of-range",
+            help="Score values outside the physical ranges (warned in a header).",
+        ),
+    ] = False,
+    access_log: Annotated[
+        Switch, typer.Option(help="One JSON line per request on standard error.")
+    ] = Switch.on,
+    refresh: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="With models:/NAME@ALIAS, check every this many seconds where the alias "
+            "points and swap in the new version (0: never).",
+        ),
+    ] = 30.0,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file holding the bearer token every request but /ping and /health must "
+            f"carry (or set {TOKEN_ENV}).",
+        ),
+    ] = None,
+    metrics: Annotated[
+        Switch, typer.Option(help="Prometheus metrics at /metrics and drift at /drift.")
+    ] = Switch.on,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The model's name on the V2 routes (/v2/models/NAME/…). Default: the "
+            "registered name of a models:/ URI, else wine-quality.",
+        ),
+    ] = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Serve a model over HTTP: MLflow's /invocations protocol, the Open Inference Protocol
+    (V2: /v2/models/NAME/infer), a page at /, OpenAPI,
+    Prometheus metrics and drift; follows a registry alias."""
+    from winequality.scoring import load_scorer
+    from winequality.serving import ServerSettings, check_port
+    from winequality.serving import serve as run_server
+    from winequality.tracking import resolve_uri
+
+    token = guard(lambda: _read_token(token_file))
+    guard(lambda: check_port(host, port))
+    scorer = guard(lambda: load_scorer(model, tracking_uri))  # exit 2 before any socket
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        warn(
+            f"{host} is reachable from other machines and no token is set: anyone who can "
+            f"reach it can score and read /metrics (use --token-file or {TOKEN_ENV})"
+        )
+    err.print(
+        f"serving {model} on http://{host}:{port}/ ({workers} worker"
+        f"{'s' if workers > 1 else ''}); Ctrl+C or SIGTERM stops it"
+    )
+    settings = ServerSettings(
+        model,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        allow_out_of_range=allow_out_of_range,
+        refresh=refresh,
+        token=token,
+        metrics=metrics is Switch.on,
+        access_log=access_log is Switch.on,
+        tracking_uri=resolve_uri(tracking_uri),
+        name=name,
+    )
+    run_server(settings, scorer=scorer, host=host, port=port, workers=workers)
+
+
+def _read_token(path: Path | None) -> str | None:
+    from winequality.errors import ParameterError
+
+    if path is None:  # read once, then out of the environment: no child process inherits it
+        return os.environ.pop(TOKEN_ENV, None) or None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ParameterError(f"cannot read --token-file {path}: {exc.strerror}") from None
+    if not token:
+        raise ParameterError(f"--token-file {path} is empty")
+    return token

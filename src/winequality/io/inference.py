@@ -1,0 +1,241 @@
+"""The Open Inference Protocol's ("V2") inference requests, decoded into one float64 matrix.
+
+Two request forms, told apart by the request itself:
+
+- one tensor per feature, named by the schema's column names, shape `[N]` or `[N, 1]`
+  (MLServer's `pd` content type; `parameters.content_type` may say `pd` or be absent);
+- one tensor of shape `[N, 11]`, columns in the schema's order (`np`).
+
+FP64, FP32, INT64 and INT32 tensors are widened to the signature's double exactly: an FP32 value
+is the float32 the client sent, widened; an INT64 beyond 2^53 (which a double cannot hold) is
+refused by row and column, not rounded. Other datatypes are refused by name. Values then go
+through the feature schema's validator, as every other input does. Problems with the request's
+shape are PayloadError (400); values that break the schema are SchemaError, by row and column.
+Knows nothing about HTTP or models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from winequality import schema
+from winequality.errors import PayloadError, SchemaError
+from winequality.io import protocol
+from winequality.schema import FEATURE_NAMES, FeatureIssue, Validation
+
+__all__ = ["DATATYPES", "OUTPUT", "InferenceRequest", "parse_inference_request"]
+
+OUTPUT = "predictions"  # the one output tensor: FP64, shape [N]
+DATATYPES = {"FP64": np.float64, "FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
+EXACT_INTEGER = 2**53  # beyond it, a double does not hold every integer
+WIDTH = len(FEATURE_NAMES)
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """A decoded, checked inference request."""
+
+    features: np.ndarray  # (N, 11) float64, schema order
+    warnings: list[FeatureIssue]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] = (OUTPUT,)  # the outputs asked for (all, when none is named)
+
+
+def parse_inference_request(
+    content: bytes, *, allow_out_of_range: bool = False
+) -> InferenceRequest:
+    """Decode and check a V2 inference request body; raise PayloadError or SchemaError."""
+    payload = protocol.parse_json(content, "the body")
+    if not isinstance(payload, dict):
+        raise PayloadError("an inference request is a JSON object with an 'inputs' list")
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise PayloadError("'id' must be a string")
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise PayloadError("'parameters' must be an object")
+    outputs = _outputs(payload.get("outputs"))
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise PayloadError("'inputs' must be a non-empty list of tensors")
+    tensors = [_Tensor.of(t, i) for i, t in enumerate(inputs)]
+    names = [t.name for t in tensors]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise PayloadError(f"tensor names must be unique; repeated: {', '.join(duplicated)}")
+    if len(tensors) == 1 and len(tensors[0].shape) == 2 and tensors[0].name not in FEATURE_NAMES:
+        checked = _matrix_form(tensors[0], allow_out_of_range)
+    else:
+        checked = _named_form(tensors, allow_out_of_range)
+    if not checked.ok:
+        raise SchemaError(checked.errors, what="the input")
+    return InferenceRequest(checked.features, checked.warnings, request_id, parameters, outputs)
+
+
+def _outputs(asked: Any) -> tuple[str, ...]:
+    if asked is None:
+        return (OUTPUT,)
+    if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
+        raise PayloadError("'outputs' must be a list of objects with a 'name'")
+    names = tuple(o.get("name") for o in asked)
+    unknown = [n for n in names if n != OUTPUT]
+    if unknown:
+        raise PayloadError(f"unknown output {unknown[0]!r}: this model has one, {OUTPUT!r}")
+    return names or (OUTPUT,)
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]
+    datatype: str
+    data: Any
+
+    @classmethod
+    def of(cls, tensor: Any, position: int) -> _Tensor:
+        where = f"input {position}"
+        if not isinstance(tensor, dict):
+            raise PayloadError(f"{where} must be an object (name, shape, datatype, data)")
+        name = tensor.get("name")
+        if not isinstance(name, str):
+            raise PayloadError(f"{where} needs a 'name' (a string)")
+        where = f"input {name!r}"
+        shape = tensor.get("shape")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise PayloadError(f"{where}: 'shape' must be a list of non-negative integers")
+        datatype = tensor.get("datatype")
+        if datatype not in DATATYPES:
+            raise PayloadError(
+                f"{where}: datatype {datatype!r} is not accepted; send "
+                f"{', '.join(DATATYPES)} (the model takes doubles)"
+            )
+        if "data" not in tensor:
+            raise PayloadError(f"{where} has no 'data'")
+        return cls(name, tuple(shape), datatype, tensor["data"])
+
+    def values(self) -> np.ndarray:
+        """The data, flattened in row-major order, as the datatype says (object if a cell is
+        not a number: the validator then names it)."""
+        if not isinstance(self.data, list):
+            raise PayloadError(f"input {self.name!r}: 'data' must be a list")
+        count = math.prod(self.shape)
+        try:  # numbers (nested lists of equal lengths): numpy in one call
+            values = np.asarray(self.data)
+        except (TypeError, ValueError, OverflowError):
+            values = np.empty(0, dtype=object)
+        if values.dtype.kind not in "iuf" or (values.size == 0 and count):
+            values = _cells(self.data)  # null, text, booleans, ragged lists: cell by cell
+        elif self.datatype == "FP32":
+            values = values.astype(np.float32)  # the float32 the client meant, then widened
+        values = values.reshape(-1)
+        if values.size != count:
+            raise PayloadError(
+                f"input {self.name!r}: shape {list(self.shape)} needs {count} values, "
+                f"'data' holds {values.size}"
+            )
+        return values
+
+
+def _cells(data: list[Any]) -> np.ndarray:
+    """Nested lists flattened cell by cell (a cell may be null, a string, a list…)."""
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for cell in stack[-1]:
+            if isinstance(cell, list):
+                stack.append(iter(cell))
+                break
+            flat.append(cell)
+        else:
+            stack.pop()
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out
+
+
+def _inexact(values: np.ndarray, datatype: str, column: str | None) -> list[FeatureIssue]:
+    """INT64 cells a double cannot hold exactly, by position."""
+    if datatype != "INT64":
+        return []
+    if values.dtype == object:
+        too_big = [isinstance(v, int) and abs(v) > EXACT_INTEGER for v in values.tolist()]
+        rows = np.flatnonzero(np.array(too_big, dtype=bool))
+    elif values.dtype.kind in "iu":
+        rows = np.flatnonzero(np.abs(values) > EXACT_INTEGER)
+    else:
+        return []
+    if not rows.size:
+        return []
+    return [
+        FeatureIssue(
+            "not_numeric",
+            column,
+            "beyond 2^53: a double cannot hold this INT64 exactly",
+            tuple(rows.tolist()),
+            tuple(values[rows[: schema.SAMPLE_VALUES]].tolist()),
+        )
+    ]
+
+
+def _matrix_form(tensor: _Tensor, allow_out_of_range: bool) -> Validation:
+    rows, width = tensor.shape
+    if width != WIDTH:
+        raise PayloadError(
+            f"input {tensor.name!r}: shape {list(tensor.shape)}; a single tensor holds every "
+            f"feature: shape [N, {WIDTH}], columns in the schema's order"
+        )
+    values = tensor.values()
+    if values.dtype == object:  # a cell that is not a number: name it by row and column
+        columns = {n: values[j::WIDTH] for j, n in enumerate(FEATURE_NAMES)}
+        return schema.validate_columns(
+            columns, n_rows=rows, allow_out_of_range=allow_out_of_range, unknown="error"
+        )
+    inexact = []
+    if tensor.datatype == "INT64":
+        matrix_int = values.reshape(rows, WIDTH)
+        for j, name in enumerate(FEATURE_NAMES):
+            inexact += _inexact(matrix_int[:, j], "INT64", name)
+    matrix = np.ascontiguousarray(values.astype(np.float64).reshape(rows, WIDTH))
+    checked = schema.validate_numeric(matrix, allow_out_of_range=allow_out_of_range)
+    if inexact:
+        return Validation(checked.features, None, errors=inexact + checked.errors)
+    return checked
+
+
+def _named_form(tensors: list[_Tensor], allow_out_of_range: bool) -> Validation:
+    rows: set[int] = set()
+    columns: dict[str, np.ndarray] = {}
+    inexact: list[FeatureIssue] = []
+    for tensor in tensors:
+        if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+            raise PayloadError(
+                f"input {tensor.name!r}: shape {list(tensor.shape)}; a feature's tensor has "
+                f"shape [N] or [N, 1] (or send one tensor of shape [N, {WIDTH}])"
+            )
+        rows.add(tensor.shape[0])
+        values = tensor.values()
+        inexact += _inexact(values, tensor.datatype, tensor.name)
+        columns[tensor.name] = values if values.dtype == object else values.astype(np.float64)
+    if len(rows) > 1:
+        raise PayloadError(
+            f"every feature's tensor must have the same number of rows; found {sorted(rows)}"
+        )
+    checked = schema.validate_columns(
+        columns,
+        n_rows=rows.pop(),
+        column_order=[t.name for t in tensors],
+        unknown="error",
+        allow_out_of_range=allow_out_of_range,
+    )
+    if inexact:
+        return Validation(checked.features, None, errors=inexact + checked.errors)
+    return checked
