@@ -2,7 +2,8 @@
 
 Three servers on the same model, one worker each, pinned to core 0 (wrk on core 1): MLflow's,
 ours plain (`--metrics off --access-log off`) and ours as it starts by default (Prometheus
-metrics, drift accounting, a JSON access-log line per request, written to a file). The same wrk
+metrics, drift accounting, a JSON access-log line per request, written to a file), the last
+also spoken to in the Open Inference Protocol (V2, one [N, 11] FP64 tensor). The same wrk
 load (Debian's wrk; `apt-get install wrk`): one-row JSON bodies with 8 connections, in rounds
 that alternate the servers, then 10,000-row bodies with 2 connections. Prints req/s, p50 and
 p99 latency, the server's CPU time per request, rows/s, and each figure's ratio to MLflow's
@@ -29,6 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PLAIN = "winequality serve --metrics off --access-log off"
 FULL = "winequality serve (metrics, drift, access log)"
+V2 = "  the same, Open Inference Protocol (V2)"
+V2_PATH = "/v2/models/wine-quality/infer"
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open("{body}"):read("*a")
@@ -65,7 +68,9 @@ def pinned(core: int) -> list[str]:
     return ["taskset", "-c", str(core)]
 
 
-def run_wrk(port: int, script: Path, connections: int, seconds: int) -> dict[str, float]:
+def run_wrk(
+    port: int, script: Path, connections: int, seconds: int, path: str = "/invocations"
+) -> dict[str, float]:
     out = subprocess.run(
         [
             *pinned(1),
@@ -79,7 +84,7 @@ def run_wrk(port: int, script: Path, connections: int, seconds: int) -> dict[str
             "--latency",
             "-s",
             str(script),
-            f"http://127.0.0.1:{port}/invocations",
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,
@@ -122,23 +127,20 @@ def main() -> None:
     os.chdir(work)
     result = train(TrainConfig(data=args.data, tracking_uri=uri, output_dir=None))
     frame = load(args.data).frame[list(FEATURE_NAMES)]
-    bodies = {}
+    bodies: dict[tuple[str, int], Path] = {}
     for rows in (1, 10_000):
         sample = frame.sample(rows, replace=rows > len(frame), random_state=0)
-        body = work / f"body-{rows}.json"
-        body.write_text(
-            json.dumps(
-                {
-                    "dataframe_split": {
-                        "columns": list(FEATURE_NAMES),
-                        "data": sample.to_numpy().tolist(),
-                    }
-                }
-            )
-        )
-        script = work / f"post-{rows}.lua"
-        script.write_text(LUA.format(body=body))
-        bodies[rows] = script
+        for protocol, document in (
+            ("mlflow", {"dataframe_split": {"columns": list(FEATURE_NAMES),
+                                            "data": sample.to_numpy().tolist()}}),
+            ("v2", {"inputs": [{"name": "wines", "shape": [rows, 11], "datatype": "FP64",
+                                "data": sample.to_numpy().ravel().tolist()}]}),
+        ):  # fmt: skip
+            body = work / f"body-{protocol}-{rows}.json"
+            body.write_text(json.dumps(document))
+            script = work / f"post-{protocol}-{rows}.lua"
+            script.write_text(LUA.format(body=body))
+            bodies[protocol, rows] = script
 
     winequality = shutil.which("winequality") or str(Path(sys.executable).with_name("winequality"))
     servers = {
@@ -178,22 +180,27 @@ def main() -> None:
                 start_new_session=True,
             ),
         )
-    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    # what each row of the table loads: a server, and the protocol it is spoken to in
+    targets = {name: (name, "mlflow", "/invocations") for name in servers}
+    targets[V2] = (FULL, "v2", V2_PATH)
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     table: dict[str, dict[str, float]] = {}
     try:
         for port, _ in started.values():
             wait_ready(port)
-            run_wrk(port, bodies[1], 8, 2)  # warm-up
+            run_wrk(port, bodies["mlflow", 1], 8, 2)  # warm-up
         # The rounds alternate the servers, so that a slow spell of this shared machine
         # lands on each of them; the table shows the median round.
         for _ in range(args.rounds):
-            for name, (port, process) in started.items():
+            for name, (server, protocol, path) in targets.items():
+                port, process = started[server]
                 before = cpu_seconds(process.pid)
-                one = run_wrk(port, bodies[1], 8, args.seconds)
+                one = run_wrk(port, bodies[protocol, 1], 8, args.seconds, path)
                 one["cpu_us"] = (cpu_seconds(process.pid) - before) / one["requests"] * 1e6
                 rounds[name].append(one)
-        for name, (port, _) in started.items():
-            big = run_wrk(port, bodies[10_000], 2, args.seconds)
+        for name, (server, protocol, path) in targets.items():
+            port, _ = started[server]
+            big = run_wrk(port, bodies[protocol, 10_000], 2, args.seconds, path)
             middle = sorted(rounds[name], key=lambda r: r["rps"])[len(rounds[name]) // 2]
             table[name] = {**middle, "rows": big["rps"] * 10_000}
     finally:
@@ -203,6 +210,7 @@ def main() -> None:
             logs[name].close()
             logged = Path(logs[name].name).read_bytes().count(b'"request_id"')
             table.setdefault(name, {})["logged"] = logged
+    table[V2]["logged"] = 0  # (its requests are in the full server's log)
     anchor = table["mlflow models serve"]
     print(
         f"one worker each, wrk: 1-row bodies x 8 connections ({args.rounds} alternating rounds, "
@@ -228,8 +236,15 @@ def main() -> None:
         f"({plain['cpu_us'] / full['cpu_us']:.1%}); p99 {full['p99']:.2f} ms "
         f"({int(full['logged'])} access-log lines)"
     )
+    v2 = table[V2]
+    v2_ratios = [v["rps"] / f["rps"] for v, f in zip(rounds[V2], rounds[FULL], strict=True)]
+    print(
+        f"V2 on the same server: {v2['rps'] / full['rps']:.1%} of /invocations' 1-row req/s "
+        f"(rounds: {', '.join(f'{r:.1%}' for r in v2_ratios)}), p99 {v2['p99']:.2f} ms; "
+        f"10k-row bodies {v2['rows'] / full['rows']:.1%} of its rows/s"
+    )
     print()
-    in_process(result.model_uri, (work / "body-1.json").read_bytes())
+    in_process(result.model_uri, (work / "body-mlflow-1.json").read_bytes())
     shutil.rmtree(work, ignore_errors=True)
 
 

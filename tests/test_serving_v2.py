@@ -309,3 +309,37 @@ def test_the_openapi_document_is_valid_and_describes_both_protocols(http) -> Non
     assert name["schema"]["enum"] == [MODEL]
     feature = document["components"]["schemas"]["V2FeatureInput"]
     assert feature["properties"]["name"]["enum"] == COLUMNS
+
+
+def test_the_generated_open_inference_client_speaks_to_the_server(v2_url, http, red) -> None:
+    from open_inference.openapi.client import InferenceRequest, OpenInferenceClient
+
+    transport = httpx.Client(timeout=60)  # ours, so that it is closed
+    client = OpenInferenceClient(base_url=v2_url, httpx_client=transport)
+    client.check_server_liveness()
+    client.check_server_readiness()
+    client.check_model_readiness(MODEL)
+    client.check_model_version_readiness(MODEL, "1")
+    assert client.read_server_metadata().name == "winequality"
+    assert [t.name for t in client.read_model_metadata(MODEL).inputs] == COLUMNS
+    frame = red.head(20)
+    split = {"dataframe_split": {"columns": COLUMNS, "data": frame[COLUMNS].to_numpy().tolist()}}
+    expected = np.array(http.post("/invocations", json=split).json()["predictions"])
+    request = InferenceRequest(
+        inputs=[
+            {
+                "name": "wines",
+                "shape": [len(frame), 11],
+                "datatype": "FP64",
+                "data": frame[COLUMNS].to_numpy().ravel().tolist(),
+            }
+        ]
+    )
+    for answer in (
+        client.model_infer(MODEL, request=request),
+        client.model_version_infer(MODEL, "1", request=request),
+    ):
+        assert answer.model_name == MODEL
+        data = answer.outputs[0].data.__root__  # the generated model wraps the list
+        np.testing.assert_allclose(data, expected, rtol=0, atol=1e-12)
+    transport.close()
