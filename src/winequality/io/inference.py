@@ -113,7 +113,7 @@ class _Tensor:
         ):
             raise PayloadError(f"{where}: 'shape' must be a list of non-negative integers")
         datatype = tensor.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise PayloadError(
                 f"{where}: datatype {datatype!r} is not accepted; send "
                 f"{', '.join(DATATYPES)} (the model takes doubles)"

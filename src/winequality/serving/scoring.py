@@ -3,6 +3,7 @@ the request started on, say which rows lie beyond the training range, count what
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from winequality.serving.metrics import ServerMetrics
 
 __all__ = ["MAX_WARNINGS", "Scored", "score"]
 
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 MAX_WARNINGS = 100  # cells listed in an answer's warnings; the header counts the rows
 
 
@@ -74,4 +76,5 @@ def _warning_header(issues: list[FeatureIssue], extra: str = "") -> dict[str, st
     if not texts:
         return {}
     text = "; ".join(texts)
-    return {"X-Winequality-Warnings": text.encode("ascii", "replace").decode()[:1000]}
+    # a header carries printable ASCII only: a column name from the body may hold anything
+    return {"X-Winequality-Warnings": _PRINTABLE.sub("?", text)[:1000]}
