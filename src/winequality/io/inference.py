@@ -204,7 +204,7 @@ def _matrix_form(tensor: _Tensor, allow_out_of_range: bool) -> Validation:
         matrix_int = values.reshape(rows, WIDTH)
         for j, name in enumerate(FEATURE_NAMES):
             inexact += _inexact(matrix_int[:, j], "INT64", name)
-    matrix = np.ascontiguousarray(values.astype(np.float64).reshape(rows, WIDTH))
+    matrix = values.astype(np.float64, copy=False).reshape(rows, WIDTH)  # (row-major already)
     checked = schema.validate_numeric(matrix, allow_out_of_range=allow_out_of_range)
     if inexact:
         return Validation(checked.features, None, errors=inexact + checked.errors)

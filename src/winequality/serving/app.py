@@ -54,15 +54,15 @@ def route_table(
 ) -> list[RouteEntry]:
     """Every route the server answers."""
     model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
-    table = [
+    table = [  # the scoring routes first: the router tries them in this order
         RouteEntry("/invocations", "POST", mlflow.invocations),
+        *(RouteEntry(f"{path}/infer", "POST", v2.infer) for path in (model, version)),
         RouteEntry("/ping", "GET", mlflow.ping, probe=True),
-        RouteEntry("/v2", "GET", v2.server_metadata),
         RouteEntry("/v2/health/live", "GET", v2.live, probe=True),
         RouteEntry("/v2/health/ready", "GET", v2.ready, probe=True),
+        RouteEntry("/v2", "GET", v2.server_metadata),
         *(RouteEntry(path, "GET", v2.model_metadata) for path in (model, version)),
         *(RouteEntry(f"{path}/ready", "GET", v2.model_ready) for path in (model, version)),
-        *(RouteEntry(f"{path}/infer", "POST", v2.infer) for path in (model, version)),
         RouteEntry("/health", "GET", server.health, probe=True),
         RouteEntry("/metadata", "GET", server.metadata),
         RouteEntry("/version", "GET", server.version),
