@@ -11,11 +11,13 @@ that skip into a failure: CI never skips a tier silently.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -24,7 +26,7 @@ import pytest
 import uvicorn
 
 from winequality.data import embedded_bytes, read_table
-from winequality.schema import FEATURES, TARGET
+from winequality.schema import FEATURE_NAMES, FEATURES, TARGET
 
 REQUIRE_TIERS = "WINEQUALITY_REQUIRE_TIERS"
 # As the CLI does: no download progress bars from MLflow on every local model copy.
@@ -237,3 +239,35 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+# --- the wines, as bodies, and what a scrape says -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def red() -> pd.DataFrame:
+    """The shipped red data, checked (features and quality)."""
+    from winequality.data import load
+
+    return load().frame
+
+
+@pytest.fixture(scope="session")
+def white() -> pd.DataFrame:
+    from winequality.data import load
+
+    return load(wine="white").frame
+
+
+def split_body(frame: pd.DataFrame) -> dict[str, Any]:
+    """MLflow's `dataframe_split` body of a frame's features."""
+    columns = list(FEATURE_NAMES)
+    return {"dataframe_split": {"columns": columns, "data": frame[columns].to_numpy().tolist()}}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus's text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(found.group(1)) if found else 0.0

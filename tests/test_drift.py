@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import httpx
 import mlflow
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 from winequality import data
@@ -19,33 +17,12 @@ from winequality.schema import FEATURE_NAMES
 from winequality.scoring import load_scorer
 from winequality.serving import create_app
 
-from .conftest import ServerThread
+from .conftest import ServerThread, metric
+from .conftest import split_body as body
 
 COLUMNS = list(FEATURE_NAMES)
 runner = CliRunner()
 NAME = "wine-follow"
-
-
-def body(frame: pd.DataFrame) -> dict:
-    return {"dataframe_split": {"columns": COLUMNS, "data": frame[COLUMNS].to_numpy().tolist()}}
-
-
-@pytest.fixture(scope="module")
-def red() -> pd.DataFrame:
-    return data.load().frame
-
-
-@pytest.fixture(scope="module")
-def white() -> pd.DataFrame:
-    return data.load(wine="white").frame
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus's text format (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_white_wines_drift_in_the_server_and_are_flagged_outside_training(

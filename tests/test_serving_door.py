@@ -10,42 +10,18 @@ import re
 import socket
 
 import httpx
-import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
-from winequality import data
 from winequality.cli import app
 from winequality.schema import FEATURE_NAMES
 from winequality.serving import create_app
 
 from .conftest import ServerThread
+from .conftest import split_body as body
 
 COLUMNS = list(FEATURE_NAMES)
 runner = CliRunner()
 NAME = "wine-follow"
-
-
-def body(frame: pd.DataFrame) -> dict:
-    return {"dataframe_split": {"columns": COLUMNS, "data": frame[COLUMNS].to_numpy().tolist()}}
-
-
-@pytest.fixture(scope="module")
-def red() -> pd.DataFrame:
-    return data.load().frame
-
-
-@pytest.fixture(scope="module")
-def white() -> pd.DataFrame:
-    return data.load(wine="white").frame
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus's text format (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 # --- the door ---------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import threading
@@ -12,43 +11,20 @@ from collections.abc import Iterator
 import httpx
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from winequality import data
 from winequality.schema import FEATURE_NAMES
 from winequality.scoring import load_scorer
 from winequality.serving import create_app
 from winequality.serving.metrics import SETTLE_SECONDS
 
-from .conftest import ServerThread, close_pipes, free_port, wait_for
+from .conftest import ServerThread, close_pipes, free_port, metric, wait_for
+from .conftest import split_body as body
 
 COLUMNS = list(FEATURE_NAMES)
 runner = CliRunner()
 NAME = "wine-follow"
-
-
-def body(frame: pd.DataFrame) -> dict:
-    return {"dataframe_split": {"columns": COLUMNS, "data": frame[COLUMNS].to_numpy().tolist()}}
-
-
-@pytest.fixture(scope="module")
-def red() -> pd.DataFrame:
-    return data.load().frame
-
-
-@pytest.fixture(scope="module")
-def white() -> pd.DataFrame:
-    return data.load(wine="white").frame
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus's text format (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,6 @@ MODEL = "wine-test"  # the registered name of the session's model
 
 
 @pytest.fixture(scope="module")
-def red() -> pd.DataFrame:
-    return data.load().frame
-
-
-@pytest.fixture(scope="module")
 def v2_url(trained_model) -> Iterator[str]:
     from winequality.scoring import load_scorer
 
