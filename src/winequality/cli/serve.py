@@ -60,7 +60,7 @@ def serve(
         str | None,
         typer.Option(
             "--name",
-            help="The model's name on the V2 routes (/v2/models/NAME/…). Default: the "
+            help="The model's name on the V2 routes (/v2/models/NAME/infer). Default: the "
             "registered name of a models:/ URI, else wine-quality.",
         ),
     ] = None,
