@@ -263,6 +263,18 @@ def wait_for_trials(storage: str, count: int) -> None:
     raise AssertionError(f"fewer than {count} trials finished in 120 s")
 
 
+def start_sweep(workdir: Path, trials: int, output: int) -> tuple[subprocess.Popen, str, str]:
+    """`winequality sweep --jobs 2` in its own process group (as a terminal's foreground job);
+    the process, its Optuna storage and its tracking store."""
+    storage, store = str(workdir / "optuna.journal"), f"sqlite:///{workdir / 'mlflow.db'}"
+    command = [WINEQUALITY, "sweep", "--trials", str(trials), "--folds", "3", "--jobs", "2"]
+    command += ["--storage", storage, "--tracking-uri", store]
+    sweep = subprocess.Popen(
+        command, cwd=workdir, stdout=output, stderr=output, text=True, start_new_session=True
+    )
+    return sweep, storage, store
+
+
 def interrupt(sweep: subprocess.Popen, how: str) -> None:
     if how == "ctrl-c":  # what Ctrl+C does: every process of the job
         os.killpg(sweep.pid, signal.SIGINT)
@@ -281,17 +293,7 @@ def interrupt(sweep: subprocess.Popen, how: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c twice", "sigterm", "sigterm twice"])
 def test_stopping_a_sweep_keeps_the_trials_and_says_how_to_resume(workdir, how) -> None:
-    storage, store = str(workdir / "optuna.journal"), f"sqlite:///{workdir / 'mlflow.db'}"
-    command = [WINEQUALITY, "sweep", "--trials", "400", "--folds", "3", "--jobs", "2"]
-    command += ["--storage", storage, "--tracking-uri", store]
-    sweep = subprocess.Popen(
-        command,
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
+    sweep, storage, store = start_sweep(workdir, 400, subprocess.PIPE)
     wait_for_trials(storage, 10)
     helpers = children_of(sweep.pid)
     assert helpers  # the worker process (and multiprocessing's own helpers, if any)
@@ -324,17 +326,8 @@ def test_stopping_a_sweep_keeps_the_trials_and_says_how_to_resume(workdir, how) 
 @pytest.mark.slow
 def test_sweep_workers_stop_when_the_command_is_killed(workdir) -> None:
     """SIGKILL to the command (no handler runs): its worker processes notice and stop."""
-    storage, store = str(workdir / "optuna.journal"), f"sqlite:///{workdir / 'mlflow.db'}"
     # more trials than the worker could finish alone before the deadline below
-    command = [WINEQUALITY, "sweep", "--trials", "100000", "--folds", "3", "--jobs", "2"]
-    command += ["--storage", storage, "--tracking-uri", store]
-    sweep = subprocess.Popen(
-        command,
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    sweep, storage, _ = start_sweep(workdir, 100_000, subprocess.DEVNULL)
     try:
         wait_for_trials(storage, 5)
         helpers = children_of(sweep.pid)

@@ -111,28 +111,27 @@ def test_cli_serve_refuses_a_bad_model_uri_with_exit_2(trained_model) -> None:
     assert "cannot load model" in answer.output
 
 
-@pytest.mark.slow
-def test_cli_serve_with_two_workers(trained_model, wines, mlflow_pyfunc) -> None:
+def two_workers(trained_model) -> tuple[subprocess.Popen, str]:
+    """`winequality serve --workers 2` in a session of its own; the process and its URL."""
     port = free_port()
     process = subprocess.Popen(
         [
             Path(sys.executable).with_name("winequality"),
-            "serve",
-            "--model",
-            trained_model.model_uri,
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--access-log",  # 320 lines would fill the stderr pipe nobody reads
-            "off",
+            "serve", "--model", trained_model.model_uri, "--port", str(port),
+            "--workers", "2",
+            "--access-log", "off",  # hundreds of lines would fill a pipe nobody reads
         ],
         env=server_env(trained_model),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    )  # fmt: skip
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.slow
+def test_cli_serve_with_two_workers(trained_model, wines, mlflow_pyfunc) -> None:
+    process, url = two_workers(trained_model)
     try:
         wait_for(url, process)
         expected = mlflow_pyfunc.predict(wines.astype("float64"))
@@ -157,27 +156,9 @@ def test_cli_serve_with_two_workers(trained_model, wines, mlflow_pyfunc) -> None
 @pytest.mark.slow
 def test_workers_stop_when_the_serving_command_is_killed(trained_model) -> None:
     """SIGKILL to the command itself (no handler runs): its workers notice and stop."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            Path(sys.executable).with_name("winequality"),
-            "serve",
-            "--model",
-            trained_model.model_uri,
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--access-log",
-            "off",
-        ],
-        env=server_env(trained_model),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process, url = two_workers(trained_model)
     try:
-        wait_for(f"http://127.0.0.1:{port}", process)
+        wait_for(url, process)
         workers = [pid for pid in children_of(process.pid) if "spawn_main" in cmdline(pid)]
         assert len(workers) == 2
         process.kill()
