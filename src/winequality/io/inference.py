@@ -194,21 +194,20 @@ def _matrix_form(tensor: _Tensor, allow_out_of_range: bool) -> Validation:
             f"feature: shape [N, {WIDTH}], columns in the schema's order"
         )
     values = tensor.values()
+    inexact = [
+        issue
+        for j, name in enumerate(FEATURE_NAMES)
+        for issue in _inexact(values[j::WIDTH], tensor.datatype, name)
+    ]
     if values.dtype == object:  # a cell that is not a number: name it by row and column
         columns = {n: values[j::WIDTH] for j, n in enumerate(FEATURE_NAMES)}
-        return schema.validate_columns(
+        checked = schema.validate_columns(
             columns, n_rows=rows, allow_out_of_range=allow_out_of_range, unknown="error"
         )
-    inexact = []
-    if tensor.datatype == "INT64":
-        matrix_int = values.reshape(rows, WIDTH)
-        for j, name in enumerate(FEATURE_NAMES):
-            inexact += _inexact(matrix_int[:, j], "INT64", name)
-    matrix = values.astype(np.float64, copy=False).reshape(rows, WIDTH)  # (row-major already)
-    checked = schema.validate_numeric(matrix, allow_out_of_range=allow_out_of_range)
-    if inexact:
-        return Validation(checked.features, None, errors=inexact + checked.errors)
-    return checked
+    else:
+        matrix = values.astype(np.float64, copy=False).reshape(rows, WIDTH)  # row-major already
+        checked = schema.validate_numeric(matrix, allow_out_of_range=allow_out_of_range)
+    return _with_inexact(checked, inexact)
 
 
 def _named_form(tensors: list[_Tensor], allow_out_of_range: bool) -> Validation:
@@ -236,6 +235,11 @@ def _named_form(tensors: list[_Tensor], allow_out_of_range: bool) -> Validation:
         unknown="error",
         allow_out_of_range=allow_out_of_range,
     )
-    if inexact:
-        return Validation(checked.features, None, errors=inexact + checked.errors)
-    return checked
+    return _with_inexact(checked, inexact)
+
+
+def _with_inexact(checked: Validation, inexact: list[FeatureIssue]) -> Validation:
+    """The schema's check, with the INT64 cells a double cannot hold listed first."""
+    if not inexact:
+        return checked
+    return Validation(checked.features, None, errors=inexact + checked.errors)
