@@ -6,12 +6,15 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import numpy as np
 import pandas as pd
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from winequality import data
 from winequality.cli import DRIFT_EXIT, app
-from winequality.drift import PROFILE_FILE
+from winequality.drift import PROFILE_FILE, Profile
 from winequality.predict import FLAG_COLUMN, predict_file
 from winequality.schema import FEATURE_NAMES
 from winequality.scoring import load_scorer
@@ -130,3 +133,19 @@ def test_too_few_rows_for_a_verdict_say_so_and_exit_0(trained_model, red, tmp_pa
     assert answer.exit_code == 0, answer.output
     assert "no verdict: 1 of 100 rows needed" in answer.output
     assert "drift in" not in answer.output
+
+
+@given(
+    values=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=60),
+    feature=st.integers(0, len(COLUMNS) - 1),
+    with_edges=st.booleans(),
+)
+def test_bin_counts_are_a_binary_search_per_value(red, values, feature, with_edges) -> None:
+    """The per-edge comparison that counts a batch's bins agrees with the definition: bin i
+    holds the values with i interior edges at or below them (NaN last), edges included."""
+    reference = Profile.from_features(red[COLUMNS].to_numpy()).features[feature]
+    column = np.array(values + (reference.edges if with_edges else []), dtype=np.float64)
+    expected = np.bincount(
+        np.searchsorted(reference.edges, column, side="right"), minlength=len(reference.counts)
+    )
+    assert reference.bin_counts(column).tolist() == expected.tolist()

@@ -202,6 +202,24 @@ def test_cells_are_named_by_row_and_column(http) -> None:
     assert {(0, "fixed acidity"), (0, "pH")} <= where
 
 
+@pytest.mark.parametrize("datatype", ["FP64", "FP32"])
+@pytest.mark.parametrize("column", [False, True])
+def test_the_named_form_names_bad_cells_by_row_and_column(http, red, datatype, column) -> None:
+    """One tensor per feature, as MLServer's and KServe's examples send it (decoded in one numpy
+    call when every cell is a number): bad cells are still named, every one."""
+    request = named_request(red.head(3), datatype, column)
+    request["inputs"][8]["data"][1] = 15.5  # pH
+    request["inputs"][0]["data"][2] = float("nan")  # fixed acidity (json writes NaN)
+    answer = http.post(
+        f"/v2/models/{MODEL}/infer",
+        content=json.dumps(request).encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 400
+    where = {(e["row"], e["column"], e["reason"][:7]) for e in answer.json()["errors"]}
+    assert where == {(1, "pH", "outside"), (2, "fixed acidity", "missing")}
+
+
 def test_every_status_on_a_v2_route_has_the_protocol_shape(http, trained_model, red) -> None:
     assert http.get("/v2/models/nope").status_code == 404
     assert "error" in http.get("/v2/models/nope").json()

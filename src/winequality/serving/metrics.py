@@ -100,6 +100,7 @@ class ServerMetrics:
         )
         self._counters: dict[tuple[str, int], Any] = {}
         self._histograms: dict[str, Any] = {}
+        self._bin_children: dict[tuple[int, int], Any] = {}  # this version's, bound once
         # Filled by the event loop, drained by `flush` (the loop's timer, a scrape, or the
         # registry follower's thread): deques, whose append and popleft are atomic.
         self._requests: deque[tuple[str, int, float]] = deque()
@@ -127,6 +128,8 @@ class ServerMetrics:
 
     def model_loaded(self, version: str, profile: drift.Profile | None) -> None:
         self.flush()  # bins of the previous model's profile end here
+        with self._lock:
+            self._bin_children = {}
         self.current = version
         self.version.set(float(version) if version.isdigit() else float("nan"))
         self.loaded.set(time.time())
@@ -143,14 +146,22 @@ class ServerMetrics:
             accepted = take_all(self._accepted)
             if not accepted:
                 return
-            self.rows.inc(sum(features.shape[0] for features in accepted))
+            rows = sum(features.shape[0] for features in accepted)
+            self.rows.inc(rows)
             if self.profile is None:
                 return
-            batch = np.concatenate(accepted)
+            # one row per feature, contiguous: counting a strided column costs twice as much
+            by_feature = np.empty((len(FEATURE_NAMES), rows))
+            np.concatenate([features.T for features in accepted], axis=1, out=by_feature)
+            children = self._bin_children
             for j, feature in enumerate(self.profile.features):
-                counts = feature.bin_counts(batch[:, j])
-                for b in np.flatnonzero(counts):
-                    self.bins.labels(self.current, feature.name, str(int(b))).inc(int(counts[b]))
+                counts = feature.bin_counts(by_feature[j])
+                for b in np.flatnonzero(counts).tolist():
+                    child = children.get((j, b))
+                    if child is None:
+                        child = self.bins.labels(self.current, feature.name, str(b))
+                        children[j, b] = child
+                    child.inc(int(counts[b]))
 
     def _fold_requests(self, requests: list[tuple[str, int, float]]) -> None:
         # label children are bound once per route (and status): `labels` costs a lookup

@@ -108,6 +108,7 @@ def serve(
     if workers <= 1:
         scorer = scorer or load_scorer(settings.model_uri, settings.tracking_uri)
         server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
+        _settle()
         server.run()
         if not server.started:  # it could not listen (uvicorn has logged why)
             raise SystemExit(3)
@@ -171,4 +172,15 @@ def _worker(
     scorer = load_scorer(settings.model_uri, settings.tracking_uri)
     server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
     watch_parent(parent, signal.SIGTERM)  # SIGKILLed command: drain and stop as on SIGTERM
+    _settle()
     server.run(sockets=[listening])
+
+
+def _settle() -> None:
+    """Once the model and its libraries are loaded for good, hide them from the cyclic garbage
+    collector (`gc.freeze`): a collection that a request starts then walks what requests made,
+    not the hundreds of thousands of objects MLflow, pandas and scikit-learn hold for life."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
