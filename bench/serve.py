@@ -1,14 +1,18 @@
-"""`winequality serve` against `mlflow models serve` on the same logged model, same run.
+"""`winequality serve` against `mlflow models serve` and MLServer on one logged model, same run.
 
-Three servers on the same model, one worker each, pinned to core 0 (wrk on core 1): MLflow's,
-ours plain (`--metrics off --access-log off`) and ours as it starts by default (Prometheus
-metrics, drift accounting, a JSON access-log line per request, written to a file), the last
-also spoken to in the Open Inference Protocol (V2, one [N, 11] FP64 tensor). The same wrk
-load (Debian's wrk; `apt-get install wrk`): one-row JSON bodies with 8 connections, in rounds
-that alternate the servers, then 10,000-row bodies with 2 connections. Prints req/s, p50 and
-p99 latency, the server's CPU time per request, rows/s, and each figure's ratio to MLflow's
-(the anchor); then, in process, the CPU per request of the ASGI app alone, plain against full.
-Usage: uv run python bench/serve.py [--seconds 10] [--rounds 3] [--data PATH]
+Servers on the same model, one worker each, pinned to core 0 (wrk on core 1): MLflow's, ours plain
+(`--metrics off --access-log off`) and ours as it starts by default (Prometheus metrics, drift
+accounting, a JSON access-log line per request, written to a file), the last also spoken to in the
+Open Inference Protocol (V2) in both request forms (one [N, 11] FP64 tensor; one FP64 tensor per
+feature, MLServer's `pd`); and, when it is installed in its own environment (.venv-mlserver, see
+deploy/mlserver/requirements.txt), MLServer 1.7 with its MLflow runtime in both of its
+configurations (`parallel_workers` 1, its default, and 0, in-process), spoken to in V2 with the
+per-feature form its MLflow runtime decodes. The same wrk load (Debian's wrk; `apt-get install
+wrk`): one-row bodies with 8 connections, in rounds that alternate the servers, then 10,000-row
+bodies with 2 connections. Prints req/s, p50 and p99 latency, the server's CPU time per request,
+rows/s, and each figure's ratio to MLflow's (the anchor); then ours against the faster MLServer
+configuration; then, in process, the CPU per request of the ASGI app alone, plain against full.
+Usage: uv run python bench/serve.py [--seconds 10] [--rounds 3] [--data PATH] [--mlserver PATH]
 """
 
 from __future__ import annotations
@@ -25,12 +29,17 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ANCHOR = "mlflow models serve"
 PLAIN = "winequality serve --metrics off --access-log off"
 FULL = "winequality serve (metrics, drift, access log)"
-V2 = "  the same, Open Inference Protocol (V2)"
+V2 = "  the same, V2, one [N, 11] tensor"
+V2_PD = "  the same, V2, a tensor per feature (pd)"
+MLSERVER = "MLServer 1.7 parallel_workers={} (V2, pd)"
 V2_PATH = "/v2/models/wine-quality/infer"
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -44,11 +53,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(port: int, timeout: float = 120) -> None:
+def wait_ready(port: int, path: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1):
                 return
         except OSError:
             time.sleep(0.3)
@@ -106,6 +115,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="alternating 1-row rounds")
     parser.add_argument("--data", default=None, help="a CSV; default: the shipped red data")
+    parser.add_argument(
+        "--mlserver",
+        type=Path,
+        default=ROOT / ".venv-mlserver" / "bin" / "mlserver",
+        help="MLServer's executable, in its own environment (deploy/mlserver/requirements.txt)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -120,6 +135,8 @@ def main() -> None:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     os.environ.update(env)
+    import mlflow
+
     from winequality.data import load
     from winequality.schema import FEATURE_NAMES
     from winequality.train import TrainConfig, train
@@ -135,6 +152,9 @@ def main() -> None:
                                             "data": sample.to_numpy().tolist()}}),
             ("v2", {"inputs": [{"name": "wines", "shape": [rows, 11], "datatype": "FP64",
                                 "data": sample.to_numpy().ravel().tolist()}]}),
+            ("pd", {"parameters": {"content_type": "pd"},
+                    "inputs": [{"name": name, "shape": [rows], "datatype": "FP64",
+                                "data": sample[name].tolist()} for name in FEATURE_NAMES]}),
         ):  # fmt: skip
             body = work / f"body-{protocol}-{rows}.json"
             body.write_text(json.dumps(document))
@@ -143,52 +163,78 @@ def main() -> None:
             bodies[protocol, rows] = script
 
     winequality = shutil.which("winequality") or str(Path(sys.executable).with_name("winequality"))
-    servers = {
-        "mlflow models serve": lambda p: [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            result.model_uri,
-            "-p",
-            str(p),
-            "--env-manager",
-            "local",
-            "-w",
-            "1",
-        ],
-        PLAIN: lambda p: [
-            winequality, "serve", "--model", result.model_uri, "--port", str(p),
-            "--metrics", "off", "--access-log", "off",
-        ],
-        FULL: lambda p: [winequality, "serve", "--model", result.model_uri, "--port", str(p)],
+    # each server: its command (given a port), its environment, and the path that says ready
+    servers: dict[str, tuple[Callable[[int], list[str]], dict[str, str], str]] = {
+        ANCHOR: (
+            lambda p: [
+                sys.executable, "-m", "mlflow", "models", "serve", "-m", result.model_uri,
+                "-p", str(p), "--env-manager", "local", "-w", "1",
+            ],
+            env,
+            "/ping",
+        ),
+        PLAIN: (
+            lambda p: [
+                winequality, "serve", "--model", result.model_uri, "--port", str(p),
+                "--metrics", "off", "--access-log", "off",
+            ],
+            env,
+            "/ping",
+        ),
+        FULL: (
+            lambda p: [winequality, "serve", "--model", result.model_uri, "--port", str(p)],
+            env,
+            "/ping",
+        ),
     }  # fmt: skip
+    # what each row of the table loads: a server, and the protocol it is spoken to in
+    targets = {name: (name, "mlflow", "/invocations") for name in servers}
+    targets[V2] = (FULL, "v2", V2_PATH)
+    targets[V2_PD] = (FULL, "pd", V2_PATH)
+    if args.mlserver.exists():
+        # MLServer as deploy/mlserver deploys it: the model beside its model-settings.json
+        folder = work / "mlserver"
+        folder.mkdir()
+        shutil.copy(ROOT / "deploy" / "mlserver" / "model-settings.json", folder)
+        mlflow.artifacts.download_artifacts(result.model_uri, dst_path=str(folder / "model"))
+        for workers in (1, 0):
+            name = MLSERVER.format(workers)
+            servers[name] = (
+                lambda p: [str(args.mlserver), "start", str(folder)],
+                {
+                    **env,
+                    "MLSERVER_PARALLEL_WORKERS": str(workers),
+                    "MLSERVER_HOST": "127.0.0.1",
+                    "MLSERVER_GRPC_PORT": str(free_port()),
+                    "MLSERVER_METRICS_PORT": str(free_port()),
+                },
+                "/v2/health/ready",
+            )
+            targets[name] = (name, "pd", V2_PATH)
+    else:
+        print(f"MLServer rows left out: no {args.mlserver} (deploy/mlserver/requirements.txt)")
     started = {}
     logs = {}
-    for name, command in servers.items():
+    for name, (command, server_env, _) in servers.items():
         port = free_port()
         logs[name] = open(work / f"{port}.log", "wb")  # noqa: SIM115  (the access log lands here)
         started[name] = (
             port,
             subprocess.Popen(
                 [*pinned(0), *command(port)],
-                env=env,
+                env={**server_env, "MLSERVER_HTTP_PORT": str(port)},
                 stdout=subprocess.DEVNULL,
                 stderr=logs[name],
                 start_new_session=True,
             ),
         )
-    # what each row of the table loads: a server, and the protocol it is spoken to in
-    targets = {name: (name, "mlflow", "/invocations") for name in servers}
-    targets[V2] = (FULL, "v2", V2_PATH)
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     table: dict[str, dict[str, float]] = {}
     try:
-        for port, _ in started.values():
-            wait_ready(port)
-            run_wrk(port, bodies["mlflow", 1], 8, 2)  # warm-up
+        for name, (port, _) in started.items():
+            wait_ready(port, servers[name][2])
+        for server, protocol, path in targets.values():
+            run_wrk(started[server][0], bodies[protocol, 1], 8, 2, path)  # warm-up
         # The rounds alternate the servers, so that a slow spell of this shared machine
         # lands on each of them; the table shows the median round.
         for _ in range(args.rounds):
@@ -210,8 +256,7 @@ def main() -> None:
             logs[name].close()
             logged = Path(logs[name].name).read_bytes().count(b'"request_id"')
             table.setdefault(name, {})["logged"] = logged
-    table[V2]["logged"] = 0  # (its requests are in the full server's log)
-    anchor = table["mlflow models serve"]
+    anchor = table[ANCHOR]
     print(
         f"one worker each, wrk: 1-row bodies x 8 connections ({args.rounds} alternating rounds, "
         f"median shown), 10k-row bodies x 2 connections, {args.seconds}s each, "
@@ -236,13 +281,25 @@ def main() -> None:
         f"({plain['cpu_us'] / full['cpu_us']:.1%}); p99 {full['p99']:.2f} ms "
         f"({int(full['logged'])} access-log lines)"
     )
-    v2 = table[V2]
-    v2_ratios = [v["rps"] / f["rps"] for v, f in zip(rounds[V2], rounds[FULL], strict=True)]
-    print(
-        f"V2 on the same server: {v2['rps'] / full['rps']:.1%} of /invocations' 1-row req/s "
-        f"(rounds: {', '.join(f'{r:.1%}' for r in v2_ratios)}), p99 {v2['p99']:.2f} ms; "
-        f"10k-row bodies {v2['rows'] / full['rows']:.1%} of its rows/s"
-    )
+    for form in (V2, V2_PD):
+        v2 = table[form]
+        v2_ratios = [v["rps"] / f["rps"] for v, f in zip(rounds[form], rounds[FULL], strict=True)]
+        print(
+            f"{form.strip()[10:]}: {v2['rps'] / full['rps']:.1%} of /invocations' 1-row req/s "
+            f"(rounds: {', '.join(f'{r:.1%}' for r in v2_ratios)}), p99 {v2['p99']:.2f} ms; "
+            f"10k-row bodies {v2['rows'] / full['rows']:.1%} of its rows/s"
+        )
+    mlservers = [name for name in table if name.startswith("MLServer")]
+    if mlservers:
+        best_one = max(mlservers, key=lambda n: table[n]["rps"])
+        best_rows = max(mlservers, key=lambda n: table[n]["rows"])
+        print(
+            f"against the faster MLServer configuration: V2 (pd) one-row req/s "
+            f"{table[V2_PD]['rps'] / table[best_one]['rps']:.1f}x {best_one} (goal >= 20x); "
+            f"V2 (pd) 10k rows/s {table[V2_PD]['rows'] / table[best_rows]['rows']:.2f}x and "
+            f"/invocations 10k dataframe_split rows/s "
+            f"{full['rows'] / table[best_rows]['rows']:.2f}x {best_rows} (goals >= 1.5x, >= 1x)"
+        )
     print()
     in_process(result.model_uri, (work / "body-mlflow-1.json").read_bytes())
     shutil.rmtree(work, ignore_errors=True)

@@ -42,6 +42,7 @@ def test_every_module_is_covered() -> None:
         "errors",
         "evaluate",
         "io",
+        "io.bulk",
         "io.files",
         "io.inference",
         "io.protocol",

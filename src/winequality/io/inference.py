@@ -24,7 +24,7 @@ import numpy as np
 
 from winequality import schema
 from winequality.errors import PayloadError, SchemaError
-from winequality.io import protocol
+from winequality.io import bulk, protocol
 from winequality.schema import FEATURE_NAMES, FeatureIssue, Validation
 
 __all__ = ["DATATYPES", "OUTPUT", "InferenceRequest", "parse_inference_request"]
@@ -52,11 +52,41 @@ def parse_inference_request(
 ) -> InferenceRequest:
     """Decode and check a V2 inference request body; raise PayloadError or SchemaError."""
     with protocol.collector_paused():  # (the tensors' lists, once they are a matrix, are gone)
-        return _decoded(content, allow_out_of_range)
+        payload = _bulk_payload(content) if len(content) >= bulk.MIN_BYTES else None
+        if payload is None:
+            payload = protocol.parse_json(content, "the body")
+        return _decoded(payload, allow_out_of_range)
 
 
-def _decoded(content: bytes, allow_out_of_range: bool) -> InferenceRequest:
-    payload = protocol.parse_json(content, "the body")
+def _bulk_payload(content: bytes) -> dict[str, Any] | None:
+    """The request as `parse_json` reads it, but each tensor's data already an array of
+    doubles (`io.bulk`), for a large body whose tensors are FP64 or FP32 numbers only; None
+    for any other body (read the general way, which names every problem)."""
+    body = bulk.document(content)
+    if not bulk.plain_object(body) or "inputs" not in body:
+        return None
+    payload = {key: bulk.python(body[key]) for key in body if key != "inputs"}
+    tensors = bulk.elements(body["inputs"])
+    if tensors is None:
+        return None
+    payload["inputs"] = []
+    for tensor in tensors:
+        if not bulk.plain_object(tensor) or "data" not in tensor:
+            return None
+        described = {key: bulk.python(tensor[key]) for key in tensor if key != "data"}
+        shape = described.get("shape")
+        if described.get("datatype") not in _PLAIN or not (
+            isinstance(shape, list) and shape and all(type(d) is int and d >= 0 for d in shape)
+        ):
+            return None  # (INT64 cells must stay whole numbers to be checked against 2^53)
+        data = bulk.numbers(tensor["data"], math.prod(shape))
+        if data is None:
+            return None
+        payload["inputs"].append({**described, "data": data})
+    return payload
+
+
+def _decoded(payload: Any, allow_out_of_range: bool) -> InferenceRequest:
     if not isinstance(payload, dict):
         raise PayloadError("an inference request is a JSON object with an 'inputs' list")
     request_id = payload.get("id")
@@ -107,7 +137,7 @@ def _plain_named_form(inputs: list[Any]) -> np.ndarray | None:
             and shape[0] >= 0
             and (len(shape) == 1 or (type(shape[1]) is int and shape[1] == 1))
             and all(t["shape"] == shape and t["datatype"] in _PLAIN for t in ordered)
-            and all(type(t["data"]) is list for t in ordered)
+            and all(type(t["data"]) in (list, np.ndarray) for t in ordered)
         ):
             return None
         values = np.asarray([t["data"] for t in ordered])
@@ -174,13 +204,16 @@ class _Tensor:
     def values(self) -> np.ndarray:
         """The data, flattened in row-major order, as the datatype says (object if a cell is
         not a number: the validator then names it)."""
-        if not isinstance(self.data, list):
-            raise PayloadError(f"input {self.name!r}: 'data' must be a list")
         count = math.prod(self.shape)
-        try:  # numbers (nested lists of equal lengths): numpy in one call
-            values = np.asarray(self.data)
-        except (TypeError, ValueError, OverflowError):
-            values = np.empty(0, dtype=object)
+        if isinstance(self.data, np.ndarray):  # doubles already (io.bulk read them)
+            values = self.data
+        elif not isinstance(self.data, list):
+            raise PayloadError(f"input {self.name!r}: 'data' must be a list")
+        else:
+            try:  # numbers (nested lists of equal lengths): numpy in one call
+                values = np.asarray(self.data)
+            except (TypeError, ValueError, OverflowError):
+                values = np.empty(0, dtype=object)
         if values.dtype.kind not in "iuf" or (values.size == 0 and count):
             values = _cells(self.data)  # null, text, booleans, ragged lists: cell by cell
         elif self.datatype == "FP32":
@@ -194,7 +227,7 @@ class _Tensor:
         return values
 
 
-def _cells(data: list[Any]) -> np.ndarray:
+def _cells(data: Any) -> np.ndarray:
     """Nested lists flattened cell by cell (a cell may be null, a string, a list…)."""
     flat: list[Any] = []
     stack = [iter(data)]

@@ -23,9 +23,17 @@ import pandas as pd
 
 from winequality import schema
 from winequality.errors import PayloadError
+from winequality.io import bulk
 from winequality.schema import FEATURE_NAMES, FeatureIssue, Validation
 
-__all__ = ["FORMATS", "collector_paused", "file_frame", "parse_json", "parse_payload"]
+__all__ = [
+    "FORMATS",
+    "collector_paused",
+    "file_frame",
+    "parse_body",
+    "parse_json",
+    "parse_payload",
+]
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 FEATURE_LIST = list(FEATURE_NAMES)
@@ -68,6 +76,43 @@ def parse_json(content: bytes, what: str) -> Any:
             return json.loads(content)
         except (ValueError, UnicodeDecodeError, RecursionError):  # (nested past its stack)
             raise PayloadError(f"{what} is not valid JSON: {exc}") from None
+
+
+def parse_body(content: bytes, *, allow_out_of_range: bool = False) -> Validation:
+    """A request body in MLflow's JSON protocol, checked: `parse_payload(parse_json(...))`,
+    except that a large `dataframe_split` body of numbers only is read straight into its
+    matrix (`io.bulk`: the same answer, five times faster)."""
+    if len(content) >= bulk.MIN_BYTES:
+        checked = _bulk_split(content, allow_out_of_range)
+        if checked is not None:
+            return checked
+    return parse_payload(parse_json(content, "the body"), allow_out_of_range=allow_out_of_range)
+
+
+def _bulk_split(content: bytes, allow_out_of_range: bool) -> Validation | None:
+    """What `_from_rows`' fast path answers, for a body simdjson reads; None for any other."""
+    body = bulk.document(content)
+    if not bulk.plain_object(body) or [k for k in FORMATS if k in body] != ["dataframe_split"]:
+        return None
+    split = body["dataframe_split"]
+    if not bulk.plain_object(split) or "columns" not in split or "data" not in split:
+        return None
+    columns = bulk.python(split["columns"])
+    if (
+        not isinstance(columns, list)
+        or not all(isinstance(c, str) for c in columns)
+        or len(set(columns)) != len(columns)
+        or not set(FEATURE_LIST) <= set(columns)
+    ):
+        return None
+    matrix = bulk.matrix(split["data"], len(columns))
+    # A cell that is itself an array ([3.2]) would be flattened into place: bodies whose only
+    # brackets are the columns', the data's and its rows' have none (any other: general path).
+    if matrix is None or content.count(b"[") != len(matrix) + 2:
+        return None
+    if columns != FEATURE_LIST:
+        matrix = matrix[:, [columns.index(n) for n in FEATURE_LIST]]
+    return _checked_matrix(matrix, columns, allow_out_of_range)
 
 
 def file_frame(content: bytes, what: str) -> pd.DataFrame:

@@ -33,9 +33,7 @@ def decode_body(
     """The features (n, 11) of a body and its warnings; SchemaError listing every problem."""
     if mime == files.JSON:
         with protocol.collector_paused():
-            checked = protocol.parse_payload(
-                protocol.parse_json(body, "the body"), allow_out_of_range=allow_out_of_range
-            )
+            checked = protocol.parse_body(body, allow_out_of_range=allow_out_of_range)
         if not checked.ok:
             raise SchemaError(checked.errors, what="the input")
         return checked.features, checked.warnings
