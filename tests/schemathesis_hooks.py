@@ -3,10 +3,11 @@
 JSON Schema cannot say everything the server checks: that a V2 tensor's `data` holds exactly
 `prod(shape)` values, that each value lies within its feature's physical range (in an `[N, 11]`
 tensor the feature is the position modulo 11), that a `dataframe_split` row has one value per
-column, that free sulfur dioxide never exceeds the total, or what a valid CSV or Parquet body
-is. This hook mends each *positive* case (one the document says must be accepted) to be such a
-body, keeping what was generated where it can; negative cases are left as generated, so the
-server is still checked to refuse them. Use it with schemathesis's command line too:
+column, that an object of columns has columns of one length, that free sulfur dioxide never
+exceeds the total, or what a valid CSV or Parquet body is. This hook mends each *positive* case
+(one the document says must be accepted) to be such a body, keeping what was generated where it
+can; negative cases are left as generated, so the server is still checked to refuse them. Use it
+with schemathesis's command line too:
 
     SCHEMATHESIS_HOOKS=tests.schemathesis_hooks schemathesis run \\
         http://127.0.0.1:8080/openapi.json --checks all --max-examples 500
@@ -71,6 +72,14 @@ def _mend_mlflow(body: dict[str, Any]) -> dict[str, Any]:
         frame = valid_rows(data, rows)
         return {**body, "dataframe_split": {**split, "columns": list(FEATURE_NAMES),
                                              "data": frame.tolist()}}  # fmt: skip
+    for key in ("instances", "inputs"):
+        columns = body.get(key)
+        if isinstance(columns, dict):  # an object of columns: equal lengths, every feature
+            lengths = [len(v) for v in columns.values() if isinstance(v, list)]
+            rows = min(MAX_ROWS, max([1, *lengths]))
+            values = [v for column in columns.values() for v in _flat(column)]
+            frame = valid_rows(values, rows)
+            return {**body, key: {n: frame[:, j].tolist() for j, n in enumerate(FEATURE_NAMES)}}
     for key in ("dataframe_records", "instances", "inputs"):
         records = body.get(key)
         if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
@@ -103,7 +112,7 @@ def _parquet() -> bytes:
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     meta = getattr(case, "meta", None)
-    if meta is None or not meta.generation.mode.is_positive:
+    if meta is not None and not meta.generation.mode.is_positive:
         return case  # a case meant to be refused stays as generated
     path = case.operation.path
     if path.endswith("/infer") and isinstance(case.body, dict):

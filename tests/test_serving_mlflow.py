@@ -112,7 +112,8 @@ def test_informational_endpoints(client, trained_model) -> None:
     spec = client.get("/openapi.json").json()
     wine = spec["components"]["schemas"]["Wine"]
     assert wine["required"] == COLUMNS
-    assert wine["properties"]["alcohol"]["maximum"] == 100
+    number, boolean, text = wine["properties"]["alcohol"]["anyOf"]
+    assert (number["maximum"], boolean["type"], text["type"]) == (100, "boolean", "string")
     assert set(spec["paths"]["/invocations"]["post"]["responses"]) == {
         "200",
         "400",
@@ -230,6 +231,40 @@ def test_out_of_range_scoring_when_allowed_carries_a_warning(scorer, wines) -> N
     warning = answer.headers["x-winequality-warnings"]
     assert "colour: unknown column" in warning
     assert "alcohol" in warning
+
+
+NUMBER_TEXTS = {  # text in a cell: a number, as the document states it?
+    **dict.fromkeys(["7.4", " 7.4\n", "+7.4", "7.", ".74e1"], True),
+    **dict.fromkeys(["1_0", "\u0667", "infinity", "0x7", "7,4"], False),  # float() takes 3
+}
+
+
+def test_numbers_written_as_text_are_read_in_the_documented_notation_only(client, wines) -> None:
+    """MLflow's protocol takes a number written as text; the server and its OpenAPI document
+    agree on which text is a number (the schema's NUMBER_TEXT), so that "1_0" or an Arabic-Indic
+    seven, which Python's float() would take, are refused by row and column."""
+    import jsonschema
+
+    cell = client.get("/openapi.json").json()["components"]["schemas"]["Wine"]["properties"]
+    documented = jsonschema.Draft202012Validator(cell["fixed acidity"])
+    rest = wines.head(1).to_numpy().tolist()[0][1:]
+
+    def scored(first: object) -> httpx.Response:
+        body = {"dataframe_split": {"columns": COLUMNS, "data": [[first, *rest]]}}
+        return client.post("/invocations", json=body)
+
+    for text, is_number in NUMBER_TEXTS.items():
+        answer = scored(text)
+        assert documented.is_valid(text) == is_number, text
+        if is_number:
+            assert answer.status_code == 200, (text, answer.text)
+            assert answer.json() == scored(float(text)).json()
+        else:
+            assert answer.status_code == 422, (text, answer.text)
+            (error,) = answer.json()["errors"]
+            assert (error["row"], error["column"], error["reason"]) == (
+                0, "fixed acidity", "not a number"
+            )  # fmt: skip
 
 
 # --- fuzzing: thousands of generated bodies, never a 5xx, never a trace ----------------------

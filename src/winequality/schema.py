@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,6 +32,7 @@ __all__ = [
     "FEATURES_BY_NAME",
     "FEATURE_NAMES",
     "INPUT_EXAMPLE_ROWS",
+    "NUMBER_TEXT",
     "SO2_RULE",
     "TARGET",
     "Feature",
@@ -177,6 +179,12 @@ IssueKind = Literal[
 ]
 SAMPLE_VALUES = 5  # offending values kept per issue for messages
 
+# A number written as text that a cell may hold where text is allowed ("7.4", " 1e-3"), as the
+# OpenAPI document states it (a JSON Schema pattern): ASCII decimal notation only. Python's
+# float() alone would also take "1_0", "١٢" or "infinity", which no client means as a number.
+NUMBER_TEXT = r"^[ \t\n\r]*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t\n\r]*$"
+_NUMBER_TEXT = re.compile(NUMBER_TEXT)
+
 
 @dataclass(frozen=True)
 class FeatureIssue:
@@ -266,10 +274,13 @@ def check_columns(
     return errors, warnings
 
 
-def _as_float_column(name: str, values: np.ndarray) -> tuple[np.ndarray, list[FeatureIssue]]:
+def _as_float_column(
+    name: str, values: np.ndarray, allow_text: bool = True
+) -> tuple[np.ndarray, list[FeatureIssue]]:
     """Convert one column to float64, collecting null and non-numeric cells.
 
-    Ints are accepted for double columns (as MLflow does); booleans and text are not.
+    Ints are accepted for double columns (as MLflow does); booleans are not; text is, when it
+    is a number in NUMBER_TEXT's notation and `allow_text`.
     """
     issues: list[FeatureIssue] = []
     if values.dtype.kind in "fiu":
@@ -290,7 +301,11 @@ def _as_float_column(name: str, values: np.ndarray) -> tuple[np.ndarray, list[Fe
         if cell is None or (isinstance(cell, float) and math.isnan(cell)):
             missing_rows.append(i)
             out[i] = np.nan
-        elif isinstance(cell, bool) or not isinstance(cell, (int, float, str, np.number)):
+        elif (
+            isinstance(cell, bool)
+            or not isinstance(cell, (int, float, str, np.number))
+            or (isinstance(cell, str) and not allow_text)
+        ):
             bad_rows.append(i)
             if len(bad_values) < SAMPLE_VALUES:
                 bad_values.append(cell)
@@ -302,7 +317,9 @@ def _as_float_column(name: str, values: np.ndarray) -> tuple[np.ndarray, list[Fe
                 out[i] = np.nan
                 continue
             try:
-                out[i] = float(text)
+                if not _NUMBER_TEXT.fullmatch(cell):
+                    raise ValueError(cell)
+                out[i] = float(cell)
             except ValueError:
                 bad_rows.append(i)
                 if len(bad_values) < SAMPLE_VALUES:
@@ -413,13 +430,15 @@ def validate_columns(
     require_target: bool = False,
     unknown: Literal["error", "warn"] = "warn",
     allow_out_of_range: bool = False,
+    allow_text: bool = True,
 ) -> Validation:
     """Check named columns (a DataFrame or name → 1-D array) against the schema.
 
     Returns clean float64 features in schema order, or every problem: column-level ones
     (missing, unknown, duplicated) and cell-level ones with their row positions.
     `require_target` also checks `quality` (integer score within 0..10), for training data.
-    Out-of-range values and the SO₂ rule are warnings with `allow_out_of_range`.
+    Out-of-range values and the SO₂ rule are warnings with `allow_out_of_range`; text cells
+    holding numbers are read (as MLflow's protocol does) unless `allow_text` is False.
     """
     names = list(column_order if column_order is not None else columns.keys())
     errors, warnings = check_columns(names, require_target=require_target, unknown=unknown)
@@ -438,7 +457,9 @@ def validate_columns(
     for j, feature in enumerate(FEATURES):
         if feature.name not in present or feature.name in duplicated:
             continue
-        column, issues = _as_float_column(feature.name, np.asarray(columns[feature.name]))
+        column, issues = _as_float_column(
+            feature.name, np.asarray(columns[feature.name]), allow_text
+        )
         matrix[:, j] = column
         errors += issues
         for issue in _range_issues(feature, column):

@@ -138,7 +138,7 @@ def _plain_named_form(inputs: list[Any]) -> np.ndarray | None:
             and (len(shape) == 1 or (type(shape[1]) is int and shape[1] == 1))
             and all(t["shape"] == shape and t["datatype"] in _PLAIN for t in ordered)
             and all(type(t["data"]) in (list, np.ndarray) for t in ordered)
-        ):
+        ) or any(type(t["data"]) is list and _holds_bool(t["data"]) for t in ordered):
             return None
         values = np.asarray([t["data"] for t in ordered])
     except (TypeError, KeyError, ValueError, OverflowError):  # not this form, or ragged
@@ -214,6 +214,8 @@ class _Tensor:
                 values = np.asarray(self.data)
             except (TypeError, ValueError, OverflowError):
                 values = np.empty(0, dtype=object)
+            if values.dtype.kind in "iuf" and _holds_bool(self.data):
+                values = np.empty(0, dtype=object)  # (numpy would have read true as 1)
         if values.dtype.kind not in "iuf" or (values.size == 0 and count):
             values = _cells(self.data)  # null, text, booleans, ragged lists: cell by cell
         elif self.datatype == "FP32":
@@ -225,6 +227,14 @@ class _Tensor:
                 f"'data' holds {values.size}"
             )
         return values
+
+
+def _holds_bool(data: list[Any]) -> bool:
+    """Whether (nested) data hold a JSON true or false, which numpy would read as 1 or 0."""
+    for value in data:
+        if value is True or value is False or (type(value) is list and _holds_bool(value)):
+            return True
+    return False
 
 
 def _cells(data: Any) -> np.ndarray:
@@ -283,7 +293,11 @@ def _matrix_form(tensor: _Tensor, allow_out_of_range: bool) -> Validation:
     if values.dtype == object:  # a cell that is not a number: name it by row and column
         columns = {n: values[j::WIDTH] for j, n in enumerate(FEATURE_NAMES)}
         checked = schema.validate_columns(
-            columns, n_rows=rows, allow_out_of_range=allow_out_of_range, unknown="error"
+            columns,
+            n_rows=rows,
+            allow_out_of_range=allow_out_of_range,
+            unknown="error",
+            allow_text=False,  # a V2 tensor's data are numbers, as its datatype says
         )
     else:
         matrix = values.astype(np.float64, copy=False).reshape(rows, WIDTH)  # row-major already
@@ -320,6 +334,7 @@ def _named_form(tensors: list[_Tensor], allow_out_of_range: bool) -> Validation:
         column_order=[t.name for t in tensors],
         unknown="error",
         allow_out_of_range=allow_out_of_range,
+        allow_text=False,
     )
     return _with_inexact(checked, inexact)
 

@@ -170,16 +170,19 @@ def parse_payload(payload: Any, *, allow_out_of_range: bool = False) -> Validati
 
 
 def _fast_matrix(rows: Any, order: np.ndarray | None, width: int) -> np.ndarray | None:
-    """All cells numbers (or numeric strings/booleans, as MLflow converts them): one numpy call.
+    """All cells numbers (or booleans, which MLflow converts to 1 and 0): one numpy call.
 
     None unless every row has exactly `width` values; `order` picks the features' columns.
+    Text cells, numbers written as text included, go the slow way: numpy would take whatever
+    float() takes, and the schema's NUMBER_TEXT says what a number written as text is.
     """
     try:
-        matrix = np.array(rows, dtype=np.float64)
+        found = np.array(rows)
     except (ValueError, TypeError, OverflowError):
         return None
-    if matrix.ndim != 2 or matrix.shape[1] != width:
+    if found.ndim != 2 or found.shape[1] != width or found.dtype.kind not in "biuf":
         return None
+    matrix = found.astype(np.float64, copy=False)
     return matrix if order is None else matrix[:, order]
 
 

@@ -42,9 +42,7 @@ def openapi_document(
         "required": list(schema.FEATURE_NAMES),
         "properties": {
             f.name: {
-                "type": "number",
-                "minimum": f.minimum,
-                "maximum": f.maximum,
+                **_cell({"type": "number", "minimum": f.minimum, "maximum": f.maximum}),
                 "description": f"{f.description} Unit: {f.unit}.",
                 "example": f.typical,
             }
@@ -67,9 +65,23 @@ def openapi_document(
         },
     }
     split = document["paths"]["/invocations"]["post"]["requestBody"]["content"][JSON]["schema"]
-    columns = split["oneOf"][0]["properties"]["dataframe_split"]["properties"]["columns"]
-    columns["example"] = list(schema.FEATURE_NAMES)
+    frame = split["oneOf"][0]["properties"]["dataframe_split"]["properties"]
+    frame["columns"]["example"] = list(schema.FEATURE_NAMES)
+    # a row holds a value per column, and the columns hold at least the features
+    frame["data"]["items"] = {
+        "type": "array",
+        "minItems": len(schema.FEATURES),
+        "items": _cell({"type": "number"}),
+    }
+    frame["data"]["example"] = [[f.typical for f in schema.FEATURES]]
     return document
+
+
+def _cell(number: dict[str, Any]) -> dict[str, Any]:
+    """What a cell of MLflow's protocol may hold: a number, or what MLflow's server converts
+    to one, a boolean (1 or 0) or a number written as text (the schema's notation)."""
+    text = {"type": "string", "pattern": schema.NUMBER_TEXT}
+    return {"anyOf": [number, {"type": "boolean"}, text]}
 
 
 def render_page(metadata: dict[str, Any]) -> str:
