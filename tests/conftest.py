@@ -198,7 +198,8 @@ def wait_for(
             if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)  # (a 503 while the model loads, too)
     raise AssertionError("server did not start")
 
 

@@ -85,6 +85,9 @@ def _definition(path: Path, name: str) -> tuple[dict[str, Any], list[str]]:
         "properties": properties,
         "additionalProperties": False,
     }
+    if name == "V1ResourceRequirements":  # quantities: the client says str, the API takes 1
+        for key in ("limits", "requests"):
+            properties[key]["additionalProperties"] = dict(_SCALARS["ResourceQuantity"])
     required = sorted({keys[attr] for attr in _REQUIRED.findall(source) if attr in keys})
     if required:
         definition["required"] = required

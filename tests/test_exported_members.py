@@ -64,6 +64,7 @@ def test_every_module_is_covered() -> None:
         "serving.endpoints_server",
         "serving.endpoints_v2",
         "serving.follower",
+        "serving.heap",
         "serving.http",
         "serving.metrics",
         "serving.recorder",

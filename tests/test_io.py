@@ -202,20 +202,33 @@ def test_large_bodies_read_straight_into_arrays_answer_as_the_general_reader_doe
     """Above io.bulk.MIN_BYTES, bodies of numbers only skip Python's objects; any other body
     (one defect among 6,600 cells, of each kind) goes the general way. Both must agree on
     every value, warning and problem: the answer is computed both ways and compared."""
-    from winequality.io import bulk
+    from winequality.io import bulk, inference
+
+    numbers = bulk.numbers
 
     text = _bodies(red)[form]
     if defect is not None:
-        # the 4,000th number: row 363, column 7 (density) in every form's layout
-        # one number in the middle of the data (past the shapes and ids that precede it)
+        # the 4,000th number in the text: one in the middle of the data, whatever the form
         number = re.compile(r"-?\d+\.?\d*(?:e-?\d+)?")
         start = [m.start() for m in number.finditer(text)][4000]
         end = start + len(number.match(text, start)[0])
         text = text[:start] + DEFECTS[defect] + text[end:]
     content = text.encode()
     assert len(content) > bulk.MIN_BYTES
-    straight = _answer(form, content)
-    monkeypatch.setattr(bulk, "MIN_BYTES", 10**12)  # the general reader only
+    read = []
+
+    def counted(*args: object) -> object:
+        read.append(args)
+        return numbers(*args)
+
+    with monkeypatch.context() as spy:  # (that the body was read straight into arrays)
+        spy.setattr(bulk, "numbers", counted)
+        straight = _answer(form, content)
+    if defect is None:
+        assert read
+    # the general reader only: no io.bulk, and no one-call decoding of the per-feature form
+    monkeypatch.setattr(bulk, "MIN_BYTES", 10**12)
+    monkeypatch.setattr(inference, "_plain_named_form", lambda inputs: None)
     assert _answer(form, content) == straight
     if defect is None:
         assert straight[0].startswith("[[")  # accepted, both ways

@@ -175,6 +175,9 @@ MALFORMED = {
     "null and text cells": body(tensor([None, *ROW[1:8], "acid", *ROW[9:]])),
     "out of range": body(tensor([*ROW[:8], 15.5, *ROW[9:]])),
     "a number as text": body(tensor(["7.4", *ROW[1:]])),  # (MLflow's protocol takes it; V2 not)
+    "shapes of floats": body(
+        *[{**tensor([v], (1.0,)), "name": n} for n, v in zip(COLUMNS, ROW, strict=True)]
+    ),
     "true among numbers": body(tensor([True, *ROW[1:]])),
 }
 
@@ -191,6 +194,30 @@ def test_malformed_requests_are_4xx_with_an_error_and_no_trace(http, case) -> No
     assert isinstance(document["error"], str)
     assert document["error"]
     assert "Traceback" not in answer.text
+
+
+def test_data_nested_deeper_than_numpy_reads_are_flattened_not_a_crash(http) -> None:
+    """1,000 levels of brackets round each feature's one value (orjson reads up to 1,024):
+    past numpy's 64 dimensions and near Python's recursion limit, read as the one value."""
+    deep = (
+        b'{"inputs": ['
+        + b",".join(
+            b'{"name": "%s", "shape": [1], "datatype": "FP64", "data": %s%s%s}'
+            % (n.encode(), b"[" * 1000, str(v).encode(), b"]" * 1000)
+            for n, v in zip(COLUMNS, ROW, strict=True)
+        )
+        + b"]}"
+    )
+    answer = http.post(
+        f"/v2/models/{MODEL}/infer", content=deep, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert (
+        answer.json()["outputs"][0]["data"]
+        == infer(http, named_request(pd.DataFrame([ROW], columns=COLUMNS))).json()["outputs"][0][
+            "data"
+        ]
+    )
 
 
 def test_cells_are_named_by_row_and_column(http) -> None:

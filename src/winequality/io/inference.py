@@ -133,15 +133,21 @@ def _plain_named_form(inputs: list[Any]) -> np.ndarray | None:
         if not (
             isinstance(shape, list)
             and len(shape) in (1, 2)
-            and type(shape[0]) is int
             and shape[0] >= 0
-            and (len(shape) == 1 or (type(shape[1]) is int and shape[1] == 1))
+            and (len(shape) == 1 or shape[1] == 1)
             and all(t["shape"] == shape and t["datatype"] in _PLAIN for t in ordered)
+            and all(type(d) is int for t in ordered for d in t["shape"])  # ([2.0] == [2])
             and all(type(t["data"]) in (list, np.ndarray) for t in ordered)
-        ) or any(type(t["data"]) is list and _holds_bool(t["data"]) for t in ordered):
+        ):
             return None
         values = np.asarray([t["data"] for t in ordered])
     except (TypeError, KeyError, ValueError, OverflowError):  # not this form, or ragged
+        return None
+    # numpy reads true as 1: data that held a boolean go the general way, which names it
+    # (checked once numpy has read them: at most 64 levels deep, no recursion limit near)
+    if values.dtype.kind == "f" and any(
+        type(t["data"]) is list and _holds_bool(t["data"]) for t in ordered
+    ):
         return None
     rows = shape[0]
     if values.dtype.kind != "f" or values.size != WIDTH * rows or values.ndim > len(shape) + 1:

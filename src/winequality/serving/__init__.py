@@ -2,12 +2,15 @@
 
 - `app`: the route table, written once, and the assembly (recorder → door → routes);
 - `endpoints_mlflow`: MLflow's `/invocations` and `/ping`;
+- `endpoints_v2`: the Open Inference Protocol (V2);
+- `scoring`: what both protocols do once a request's features are checked;
 - `endpoints_server`: health, metadata, versions, OpenAPI, the page, metrics, drift;
 - `follower`: the model being served, following a registry alias;
 - `recorder`, `door`: pure ASGI pieces (timing and observers; the bearer token);
 - `access_log`, `metrics`: the recorder's observers;
 - `documents`: the OpenAPI document and the page, from package resources and the schema;
 - `http`: media types, bodies within their limit, errors as JSON;
+- `heap`: the loaded model kept out of the garbage collector's way;
 - `run`: uvicorn, and worker processes of our own.
 
 Decoding and validation are `winequality.io` and the feature schema; serving holds no copy.

@@ -15,6 +15,7 @@ import orjson
 from winequality import registry, tracking
 from winequality.errors import first_line
 from winequality.scoring import Scorer, load_scorer
+from winequality.serving import heap
 
 if TYPE_CHECKING:
     from winequality.serving.metrics import ServerMetrics
@@ -137,6 +138,7 @@ class ModelFollower:
             return False
         self.current = ServedModel.of(scorer, version)
         self._refused, self.failure = None, None
+        heap.settle()  # the replaced model's cycles collected, the new one frozen
         log.warning("now serving %s (version %s)", uri, version)
         if self.metrics is not None:
             self.metrics.reloads.labels("ok").inc()

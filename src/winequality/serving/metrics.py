@@ -127,41 +127,46 @@ class ServerMetrics:
     # --- the model ---------------------------------------------------------------------------
 
     def model_loaded(self, version: str, profile: drift.Profile | None) -> None:
-        self.flush()  # bins of the previous model's profile end here
+        # One locked step (the follower's thread calls this while the event loop flushes):
+        # the previous model's bins end here, and no flush sees the new version half set.
         with self._lock:
+            self._flush_locked()
             self._bin_children = {}
-        self.current = version
+            self.current = version
+            self.profile = profile
         self.version.set(float(version) if version.isdigit() else float("nan"))
         self.loaded.set(time.time())
-        self.profile = profile
 
     # --- reading -----------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Fold the queued requests and accepted rows into the metrics."""
         with self._lock:
-            requests = take_all(self._requests)
-            if requests:
-                self._fold_requests(requests)
-            accepted = take_all(self._accepted)
-            if not accepted:
-                return
-            rows = sum(features.shape[0] for features in accepted)
-            self.rows.inc(rows)
-            if self.profile is None:
-                return
-            # one row per feature, contiguous: counting a strided column costs twice as much
-            by_feature = np.empty((len(FEATURE_NAMES), rows))
-            np.concatenate([features.T for features in accepted], axis=1, out=by_feature)
-            children = self._bin_children
-            for j, feature in enumerate(self.profile.features):
-                counts = feature.bin_counts(by_feature[j])
-                for b in np.flatnonzero(counts).tolist():
-                    child = children.get((j, b))
-                    if child is None:
-                        child = self.bins.labels(self.current, feature.name, str(b))
-                        children[j, b] = child
-                    child.inc(int(counts[b]))
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        requests = take_all(self._requests)
+        if requests:
+            self._fold_requests(requests)
+        accepted = take_all(self._accepted)
+        if not accepted:
+            return
+        rows = sum(features.shape[0] for features in accepted)
+        self.rows.inc(rows)
+        if self.profile is None:
+            return
+        # one row per feature, contiguous: counting a strided column costs twice as much
+        by_feature = np.empty((len(FEATURE_NAMES), rows))
+        np.concatenate([features.T for features in accepted], axis=1, out=by_feature)
+        children = self._bin_children
+        for j, feature in enumerate(self.profile.features):
+            counts = feature.bin_counts(by_feature[j])
+            for b in np.flatnonzero(counts).tolist():
+                child = children.get((j, b))
+                if child is None:
+                    child = self.bins.labels(self.current, feature.name, str(b))
+                    children[j, b] = child
+                child.inc(int(counts[b]))
 
     def _fold_requests(self, requests: list[tuple[str, int, float]]) -> None:
         # label children are bound once per route (and status): `labels` costs a lookup

@@ -25,6 +25,7 @@ from typing import Any
 from winequality.errors import ParameterError
 from winequality.processes import watch_parent
 from winequality.scoring import Scorer, load_scorer
+from winequality.serving import heap
 from winequality.serving.app import DEFAULT_MAX_BODY, create_app
 
 __all__ = ["ServerSettings", "check_port", "serve"]
@@ -108,7 +109,7 @@ def serve(
     if workers <= 1:
         scorer = scorer or load_scorer(settings.model_uri, settings.tracking_uri)
         server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
-        _settle()
+        heap.settle()  # the model and its libraries are loaded for good
         server.run()
         if not server.started:  # it could not listen (uvicorn has logged why)
             raise SystemExit(3)
@@ -172,15 +173,5 @@ def _worker(
     scorer = load_scorer(settings.model_uri, settings.tracking_uri)
     server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
     watch_parent(parent, signal.SIGTERM)  # SIGKILLed command: drain and stop as on SIGTERM
-    _settle()
+    heap.settle()
     server.run(sockets=[listening])
-
-
-def _settle() -> None:
-    """Once the model and its libraries are loaded for good, hide them from the cyclic garbage
-    collector (`gc.freeze`): a collection that a request starts then walks what requests made,
-    not the hundreds of thousands of objects MLflow, pandas and scikit-learn hold for life."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
