@@ -64,6 +64,23 @@ def serve(
             "registered name of a models:/ URI, else wine-quality.",
         ),
     ] = None,
+    drain_delay: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="After SIGTERM or Ctrl+C, keep serving this many seconds with readiness 503 "
+            "and Connection: close, so that load balancers stop sending first (Kubernetes: a "
+            "readiness probe's period times its failure threshold).",
+        ),
+    ] = 0.0,
+    shutdown_timeout: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Then wait at most this many seconds for requests in flight. A second "
+            "signal stops at once (exit 130).",
+        ),
+    ] = 30,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Serve a model over HTTP: MLflow's /invocations protocol, the Open Inference Protocol
@@ -96,8 +113,12 @@ def serve(
         access_log=access_log is Switch.on,
         tracking_uri=resolve_uri(tracking_uri),
         name=name,
+        drain_delay=drain_delay,
+        shutdown_timeout=shutdown_timeout,
     )
-    run_server(settings, scorer=scorer, host=host, port=port, workers=workers)
+    status = run_server(settings, scorer=scorer, host=host, port=port, workers=workers)
+    if status:
+        raise typer.Exit(status)
 
 
 def _read_token(path: Path | None) -> str | None:

@@ -1,8 +1,9 @@
 """The ASGI app: the route table, written once, and the pieces assembled around it.
 
     Recorder (request id, timing → metrics, access log; route labels from the router's match)
-      └─ Door (bearer token; the probes stay open)
-           └─ Starlette (routes; errors → JSON answers)
+      └─ CloseWhileDraining (`Connection: close` once a stop was asked)
+           └─ Door (bearer token; the probes stay open)
+                └─ Starlette (routes; errors → JSON answers)
 
 The table says each route's path, method, handler and whether it is a probe; the Starlette
 routes, the door's open paths and the recorder's route labels all come from it.
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from winequality.errors import WinequalityError
+from winequality.schema import FEATURES
 from winequality.scoring import Scorer
 from winequality.serving.access_log import AccessLog
 from winequality.serving.door import Door
@@ -31,12 +34,14 @@ from winequality.serving.endpoints_server import ServerEndpoints
 from winequality.serving.endpoints_v2 import V2Endpoints
 from winequality.serving.follower import ModelFollower, ServedModel, served_version
 from winequality.serving.http import bug, http_error, known_error
+from winequality.serving.lifecycle import CloseWhileDraining, Lifecycle
 from winequality.serving.metrics import SETTLE_SECONDS, ServerMetrics
 from winequality.serving.recorder import Observer, Recorder
 
 __all__ = ["DEFAULT_MAX_BODY", "RouteEntry", "create_app", "route_table"]
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # a 10,000-row JSON body is about 2.5 MB
+WARM_UP = np.array([[f.typical for f in FEATURES]] * 8)  # the first batch, before any request
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -64,6 +69,8 @@ def route_table(
         *(RouteEntry(path, "GET", v2.model_metadata) for path in (model, version)),
         *(RouteEntry(f"{path}/ready", "GET", v2.model_ready) for path in (model, version)),
         RouteEntry("/health", "GET", server.health, probe=True),
+        RouteEntry("/health/live", "GET", server.live, probe=True),
+        RouteEntry("/health/ready", "GET", server.ready, probe=True),
         RouteEntry("/metadata", "GET", server.metadata),
         RouteEntry("/version", "GET", server.version),
         RouteEntry("/openapi.json", "GET", server.openapi_json),
@@ -89,11 +96,16 @@ def create_app(
     access_log: IO[bytes] | None = None,
     tracking_uri: str | None = None,
     name: str | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> Any:
     """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
     `refresh` > 0 and the URI names an alias. `name` is the model's name on V2 routes (default:
-    the registered name, else wine-quality)."""
+    the registered name, else wine-quality). The model scores a warm-up batch here, before any
+    socket opens: readiness is true from the first probe, until `lifecycle.drain()`."""
     model_uri = model_uri or scorer.model.uri
+    lifecycle = lifecycle or Lifecycle()
+    scorer.predict(WARM_UP)  # (a model that cannot score fails the start, not a request)
+    lifecycle.warm()
     server_metrics = ServerMetrics() if metrics else None
     follower = ModelFollower(
         ServedModel.of(scorer, served_version(model_uri, tracking_uri, scorer.model.model_id)),
@@ -104,19 +116,21 @@ def create_app(
     )
     mlflow = MLflowEndpoints(
         follower,
+        lifecycle,
         max_body_bytes=max_body_bytes,
         allow_out_of_range=allow_out_of_range,
         metrics=server_metrics,
     )
     v2 = V2Endpoints(
         follower,
+        lifecycle,
         name=name,
         max_body_bytes=max_body_bytes,
         allow_out_of_range=allow_out_of_range,
         metrics=server_metrics,
         tracking_uri=tracking_uri,
     )
-    server = ServerEndpoints(follower, metrics=server_metrics, model_name=v2.name)
+    server = ServerEndpoints(follower, lifecycle, metrics=server_metrics, model_name=v2.name)
     table = route_table(mlflow, v2, server, metrics=metrics)
     log = AccessLog(access_log) if access_log is not None else None
 
@@ -150,7 +164,7 @@ def create_app(
     if token:
         inner = Door(inner, token=token, open_paths=[e.path for e in table if e.probe])
     observers: list[Observer] = [o for o in (server_metrics, log) if o is not None]
-    return Recorder(inner, observers=observers)
+    return Recorder(CloseWhileDraining(inner, lifecycle), observers=observers)
 
 
 async def _every(seconds: float, action: Callable[[], None]) -> None:

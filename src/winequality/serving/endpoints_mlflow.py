@@ -21,6 +21,7 @@ from winequality.io import files, protocol, reader
 from winequality.schema import FeatureIssue
 from winequality.serving.follower import ModelFollower
 from winequality.serving.http import JSON, ROWS_KEY, VERSION_KEY, media_type, read_body
+from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.metrics import ServerMetrics
 from winequality.serving.scoring import score
 
@@ -48,12 +49,13 @@ class MLflowEndpoints:
     def __init__(
         self,
         follower: ModelFollower,
+        lifecycle: Lifecycle,
         *,
         max_body_bytes: int,
         allow_out_of_range: bool,
         metrics: ServerMetrics | None,
     ) -> None:
-        self.follower, self.metrics = follower, metrics
+        self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
         self.max_body_bytes, self.allow_out_of_range = max_body_bytes, allow_out_of_range
 
     async def invocations(self, request: Request) -> Response:
@@ -79,4 +81,7 @@ class MLflowEndpoints:
         )
 
     async def ping(self, request: Request) -> Response:
+        """MLflow's server says 200 once its model is loaded: here, while ready."""
+        if not self.lifecycle.ready:
+            return Response(orjson.dumps(self.lifecycle.state()), 503, media_type=JSON)
         return Response("\n", media_type=JSON)  # what MLflow's server answers

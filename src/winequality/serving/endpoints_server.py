@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, Response
 from winequality.serving.documents import openapi_document, render_page
 from winequality.serving.follower import ModelFollower, iso_time
 from winequality.serving.http import JSON
+from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.metrics import ServerMetrics
 
 __all__ = ["ServerEndpoints"]
@@ -23,9 +24,14 @@ class ServerEndpoints:
     """Routes about the server; the fixed documents are built once, at start."""
 
     def __init__(
-        self, follower: ModelFollower, *, metrics: ServerMetrics | None, model_name: str
+        self,
+        follower: ModelFollower,
+        lifecycle: Lifecycle,
+        *,
+        metrics: ServerMetrics | None,
+        model_name: str,
     ) -> None:
-        self.follower, self.metrics = follower, metrics
+        self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
         versions = {
             "winequality": version("winequality"),
             "mlflow": version("mlflow"),
@@ -42,6 +48,7 @@ class ServerEndpoints:
         body: dict[str, Any] = {
             "status": "ok",
             "model_loaded": True,
+            **self.lifecycle.state(),  # ready, draining (this route stays 200 either way)
             "model_uri": self.follower.model_uri,
             "model_version": served.version,
             "loaded_at": iso_time(served.loaded_at),
@@ -50,6 +57,13 @@ class ServerEndpoints:
             "pid": os.getpid(),  # which worker process answered
         }
         return Response(orjson.dumps(body), media_type=JSON)
+
+    async def live(self, request: Request) -> Response:
+        return Response(b'{"live":true}', media_type=JSON)
+
+    async def ready(self, request: Request) -> Response:
+        state = self.lifecycle.state()
+        return Response(orjson.dumps(state), 200 if state["ready"] else 503, media_type=JSON)
 
     async def metadata(self, request: Request) -> Response:
         return Response(self.follower.current.metadata, media_type=JSON)

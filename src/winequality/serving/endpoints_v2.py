@@ -30,6 +30,7 @@ from winequality.schema import FEATURE_NAMES
 from winequality.scoring import load_scorer
 from winequality.serving.follower import ModelFollower, ServedModel
 from winequality.serving.http import JSON, ROWS_KEY, VERSION_KEY, read_body
+from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.metrics import ServerMetrics
 from winequality.serving.scoring import score
 
@@ -47,6 +48,7 @@ class V2Endpoints:
     def __init__(
         self,
         follower: ModelFollower,
+        lifecycle: Lifecycle,
         *,
         name: str | None,
         max_body_bytes: int,
@@ -54,7 +56,7 @@ class V2Endpoints:
         metrics: ServerMetrics | None,
         tracking_uri: str | None,
     ) -> None:
-        self.follower, self.metrics = follower, metrics
+        self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
         parts = tracking.RegistryUri.parse(follower.model_uri)
         self.registered = parts.name if parts is not None else None
         self.name = name or self.registered or DEFAULT_NAME
@@ -74,7 +76,8 @@ class V2Endpoints:
         return Response(b'{"live":true}', media_type=JSON)
 
     async def ready(self, request: Request) -> Response:
-        return Response(b'{"ready":true}', media_type=JSON)
+        ready = self.lifecycle.ready  # (false while draining: stop sending here)
+        return Response(orjson.dumps({"ready": ready}), 200 if ready else 503, media_type=JSON)
 
     async def model_ready(self, request: Request) -> Response:
         await self._model(request)

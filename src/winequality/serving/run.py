@@ -27,6 +27,7 @@ from winequality.processes import watch_parent
 from winequality.scoring import Scorer, load_scorer
 from winequality.serving import heap
 from winequality.serving.app import DEFAULT_MAX_BODY, create_app
+from winequality.serving.lifecycle import Lifecycle
 
 __all__ = ["ServerSettings", "check_port", "serve"]
 
@@ -44,8 +45,10 @@ class ServerSettings:
     access_log: bool = True
     tracking_uri: str | None = None
     name: str | None = None  # the model's name on V2 routes
+    drain_delay: float = 0.0  # seconds served with readiness 503 after SIGTERM
+    shutdown_timeout: int = 30  # then at most this many seconds for what is in flight
 
-    def app(self, scorer: Scorer) -> Any:
+    def app(self, scorer: Scorer, lifecycle: Lifecycle) -> Any:
         return create_app(
             scorer,
             model_uri=self.model_uri,
@@ -57,7 +60,17 @@ class ServerSettings:
             access_log=sys.stderr.buffer if self.access_log else None,
             tracking_uri=self.tracking_uri,
             name=self.name,
+            lifecycle=lifecycle,
         )
+
+    def server(self, scorer: Scorer, host: str, port: int) -> Any:
+        """The app, in a uvicorn server that drains (serving.draining)."""
+        from winequality.serving.draining import DrainingServer
+
+        lifecycle = Lifecycle()
+        app = self.app(scorer, lifecycle)
+        config = _uvicorn_config(app, host, port, self.shutdown_timeout)
+        return DrainingServer(config, lifecycle, self.drain_delay)
 
 
 def check_port(host: str, port: int) -> None:
@@ -77,7 +90,7 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _uvicorn_config(app: Any, host: str, port: int) -> Any:
+def _uvicorn_config(app: Any, host: str, port: int, shutdown_timeout: int = 30) -> Any:
     import uvicorn
 
     return uvicorn.Config(
@@ -86,7 +99,7 @@ def _uvicorn_config(app: Any, host: str, port: int) -> Any:
         port=port,
         log_level="warning",
         access_log=False,  # ours: one JSON line per request
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=shutdown_timeout,
         http="httptools",
         loop="auto",  # uvloop where it is installed (not on Windows)
     )
@@ -99,21 +112,25 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     workers: int = 1,
-) -> None:
-    """Load the model (failing fast on a bad URI) and serve it until SIGTERM/SIGINT.
+) -> int:
+    """Load the model (failing fast on a bad URI) and serve it until SIGTERM/SIGINT; return
+    the command's exit status.
 
-    uvicorn finishes in-flight requests on SIGTERM before exiting.
+    The first signal drains (readiness 503 at once, serving on for `settings.drain_delay`,
+    then in-flight requests finished within `settings.shutdown_timeout`): 0. A second signal
+    ends at once: 130. With workers, every worker does the same; 0 only when all did.
     """
-    import uvicorn
-
     if workers <= 1:
         scorer = scorer or load_scorer(settings.model_uri, settings.tracking_uri)
-        server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
+        server = settings.server(scorer, host, port)
         heap.settle()  # the model and its libraries are loaded for good
-        server.run()
+        try:
+            server.run()
+        finally:
+            _flush(server)
         if not server.started:  # it could not listen (uvicorn has logged why)
             raise SystemExit(3)
-        return
+        return FORCED if server.forced else 0
     import multiprocessing
     import tempfile
 
@@ -134,6 +151,20 @@ def serve(
             listening.close()  # the workers hold it now
             for child in children:
                 child.join()
+    codes = [child.exitcode for child in children]
+    if all(code == 0 for code in codes):
+        return 0
+    return FORCED if FORCED in codes else 1
+
+
+FORCED = 130  # a second signal: the drain was cut short (128 + SIGINT, as shells report it)
+
+
+def _flush(server: Any) -> None:
+    """What the observers queued (access-log lines, metrics), written even when a second
+    signal skipped the app's own shutdown."""
+    for observer in getattr(server.config.app, "observers", ()):
+        observer.flush()
 
 
 @contextlib.contextmanager
@@ -165,13 +196,22 @@ def _worker(
     """One worker process: load the model, serve on the shared socket until told to stop."""
     from winequality.serving.metrics import MULTIPROC_ENV
 
+    # A process group of its own: signals reach a worker through the command only. A
+    # terminal's Ctrl+C goes to the whole foreground group, so it would otherwise arrive twice
+    # (directly, and forwarded), and a second signal means "stop now".
+    os.setpgid(0, 0)
+
     # This process's own environment, before prometheus_client is imported: the library
     # picks its multiprocess value class from it at import.
     os.environ[MULTIPROC_ENV] = metrics_folder
-    import uvicorn
 
     scorer = load_scorer(settings.model_uri, settings.tracking_uri)
-    server = uvicorn.Server(_uvicorn_config(settings.app(scorer), host, port))
+    server = settings.server(scorer, host, port)
     watch_parent(parent, signal.SIGTERM)  # SIGKILLed command: drain and stop as on SIGTERM
     heap.settle()
-    server.run(sockets=[listening])
+    try:
+        server.run(sockets=[listening])
+    finally:
+        _flush(server)
+    if server.forced:
+        sys.exit(FORCED)
