@@ -7,7 +7,8 @@ as arguments: nothing travels through the environment, the bearer token included
 loads the model, keeps its Prometheus values in a shared folder that `/metrics` sums (the
 variable the client library reads is set in the worker's own environment, before the library
 is imported), and stops when the command stops, or when the command is gone (killed by
-SIGKILL): it notices that its parent changed and shuts down as SIGTERM would.
+SIGKILL): it notices that its parent changed and shuts down as SIGTERM would. Every server
+drains on the first signal and exits 0, or 130 on a second (`serving.draining`).
 """
 
 from __future__ import annotations
