@@ -175,6 +175,8 @@ MALFORMED = {
     "null and text cells": body(tensor([None, *ROW[1:8], "acid", *ROW[9:]])),
     "out of range": body(tensor([*ROW[:8], 15.5, *ROW[9:]])),
     "a number as text": body(tensor(["7.4", *ROW[1:]])),  # (MLflow's protocol takes it; V2 not)
+    "no rows, a tensor per feature": body(*[{**tensor([], (0,)), "name": n} for n in COLUMNS]),
+    "no rows, one [0, 11] tensor": body(tensor([], (0, 11))),
     "shapes of floats": body(
         *[{**tensor([v], (1.0,)), "name": n} for n, v in zip(COLUMNS, ROW, strict=True)]
     ),

@@ -178,6 +178,7 @@ IssueKind = Literal[
     "outside_training",
 ]
 SAMPLE_VALUES = 5  # offending values kept per issue for messages
+NO_ROWS = "no rows to check (the input is empty)"
 
 # A number written as text that a cell may hold where text is allowed ("7.4", " 1e-3"), as the
 # OpenAPI document states it (a JSON Schema pattern): ASCII decimal notation only. Python's
@@ -389,9 +390,12 @@ def _rule_issues(matrix: np.ndarray) -> list[FeatureIssue]:
 def validate_numeric(matrix: np.ndarray, *, allow_out_of_range: bool = False) -> Validation:
     """Fast path: a float64 (n, 11) matrix already in schema order (e.g. parsed JSON numbers).
 
-    Only values can be wrong here (non-finite, out of range, the SO₂ rule), so the clean case
-    costs a handful of vectorised comparisons.
+    Only values can be wrong here (non-finite, out of range, the SO₂ rule) or there may be no
+    row at all, as `validate_columns` says; the clean case costs a handful of vectorised
+    comparisons.
     """
+    if not matrix.shape[0]:
+        return Validation(matrix, None, errors=[FeatureIssue("no_rows", None, NO_ROWS)])
     with np.errstate(invalid="ignore"):
         clean = bool(np.all((matrix >= _LOWER) & (matrix <= _UPPER)))
         if clean and not np.any(matrix[:, _FREE_I] > matrix[:, _TOTAL_I]):
@@ -451,7 +455,7 @@ def validate_columns(
     matrix = np.full((n_rows, len(FEATURES)), np.nan)
     target = None
     if n_rows == 0 and not any(i.kind == "missing_column" for i in errors):
-        errors.append(FeatureIssue("no_rows", None, "no rows to check (the input is empty)"))
+        errors.append(FeatureIssue("no_rows", None, NO_ROWS))
     present = set(names)
     duplicated = {i.column for i in errors if i.kind == "duplicate_column"}
     for j, feature in enumerate(FEATURES):

@@ -33,7 +33,6 @@ OUTPUT = "predictions"  # the one output tensor: FP64, shape [N]
 DATATYPES = {"FP64": np.float64, "FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
 EXACT_INTEGER = 2**53  # beyond it, a double does not hold every integer
 WIDTH = len(FEATURE_NAMES)
-FEATURE_SET = frozenset(FEATURE_NAMES)
 
 
 @dataclass(frozen=True)
@@ -102,21 +101,23 @@ def _decoded(payload: Any, allow_out_of_range: bool) -> InferenceRequest:
     matrix = _plain_named_form(inputs)
     if matrix is not None:
         checked = schema.validate_numeric(matrix, allow_out_of_range=allow_out_of_range)
-        if not checked.ok:
-            raise SchemaError(checked.errors, what="the input")
-        return InferenceRequest(checked.features, checked.warnings, request_id, parameters, outputs)
-    tensors = [_Tensor.of(t, i) for i, t in enumerate(inputs)]
+    else:
+        tensors = [_Tensor.of(t, i) for i, t in enumerate(inputs)]
+        checked = _checked_tensors(tensors, allow_out_of_range)
+    if not checked.ok:
+        raise SchemaError(checked.errors, what="the input")
+    return InferenceRequest(checked.features, checked.warnings, request_id, parameters, outputs)
+
+
+def _checked_tensors(tensors: list[_Tensor], allow_out_of_range: bool) -> Validation:
+    """The general way: either form, any datatype, every problem named."""
     names = [t.name for t in tensors]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise PayloadError(f"tensor names must be unique; repeated: {', '.join(duplicated)}")
     if len(tensors) == 1 and len(tensors[0].shape) == 2 and tensors[0].name not in FEATURE_NAMES:
-        checked = _matrix_form(tensors[0], allow_out_of_range)
-    else:
-        checked = _named_form(tensors, allow_out_of_range)
-    if not checked.ok:
-        raise SchemaError(checked.errors, what="the input")
-    return InferenceRequest(checked.features, checked.warnings, request_id, parameters, outputs)
+        return _matrix_form(tensors[0], allow_out_of_range)
+    return _named_form(tensors, allow_out_of_range)
 
 
 def _plain_named_form(inputs: list[Any]) -> np.ndarray | None:
@@ -329,11 +330,6 @@ def _named_form(tensors: list[_Tensor], allow_out_of_range: bool) -> Validation:
         raise PayloadError(
             f"every feature's tensor must have the same number of rows; found {sorted(rows)}"
         )
-    if columns.keys() == FEATURE_SET and all(v.dtype != object for v in columns.values()):
-        # the usual request: every feature, numbers only; one matrix, one vectorised check
-        matrix = np.column_stack([columns[name] for name in FEATURE_NAMES])
-        checked = schema.validate_numeric(matrix, allow_out_of_range=allow_out_of_range)
-        return _with_inexact(checked, inexact)
     checked = schema.validate_columns(
         columns,
         n_rows=rows.pop(),

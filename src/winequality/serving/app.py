@@ -41,7 +41,6 @@ from winequality.serving.recorder import Observer, Recorder
 __all__ = ["DEFAULT_MAX_BODY", "RouteEntry", "create_app", "route_table"]
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # a 10,000-row JSON body is about 2.5 MB
-WARM_UP = np.array([[f.typical for f in FEATURES]] * 8)  # the first batch, before any request
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -69,7 +68,7 @@ def route_table(
         *(RouteEntry(path, "GET", v2.model_metadata) for path in (model, version)),
         *(RouteEntry(f"{path}/ready", "GET", v2.model_ready) for path in (model, version)),
         RouteEntry("/health", "GET", server.health, probe=True),
-        RouteEntry("/health/live", "GET", server.live, probe=True),
+        RouteEntry("/health/live", "GET", v2.live, probe=True),  # (one answer, two paths)
         RouteEntry("/health/ready", "GET", server.ready, probe=True),
         RouteEntry("/metadata", "GET", server.metadata),
         RouteEntry("/version", "GET", server.version),
@@ -104,7 +103,8 @@ def create_app(
     socket opens: readiness is true from the first probe, until `lifecycle.drain()`."""
     model_uri = model_uri or scorer.model.uri
     lifecycle = lifecycle or Lifecycle()
-    scorer.predict(WARM_UP)  # (a model that cannot score fails the start, not a request)
+    # the first batch, before any request (a model that cannot score fails the start)
+    scorer.predict(np.array([[f.typical for f in FEATURES]] * 8))
     lifecycle.warm()
     server_metrics = ServerMetrics() if metrics else None
     follower = ModelFollower(

@@ -58,9 +58,6 @@ class ServerEndpoints:
         }
         return Response(orjson.dumps(body), media_type=JSON)
 
-    async def live(self, request: Request) -> Response:
-        return Response(b'{"live":true}', media_type=JSON)
-
     async def ready(self, request: Request) -> Response:
         state = self.lifecycle.state()
         return Response(orjson.dumps(state), 200 if state["ready"] else 503, media_type=JSON)
