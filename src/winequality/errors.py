@@ -18,6 +18,8 @@ logged 500 with a request id in the server).
     ├── NotFoundError           a registered model or version that does not exist: exit 2, 404
     ├── TrackingError           the MLflow store or the Optuna storage is unusable: exit 2, 503
     ├── ModelLoadError          a model that does not resolve, or that we do not trust: exit 2, 503
+    ├── RequestTimeout          a request not received in full before its deadline: HTTP 504
+    ├── ClientGone              the client closed the connection before its answer: HTTP 499
     └── ModelCheckError         a logged model that fails its own round trip: exit 1, 500
 """
 
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 __all__ = [
+    "ClientGone",
     "DataError",
     "InputError",
     "Issue",
@@ -37,6 +40,7 @@ __all__ = [
     "PayloadError",
     "PayloadTooLarge",
     "PromotionRefused",
+    "RequestTimeout",
     "SchemaError",
     "SweepError",
     "TrackingError",
@@ -52,6 +56,7 @@ class WinequalityError(Exception):
     exit_code = 2
     http_status = 400
     error_code = "BAD_REQUEST"
+    closes_connection = False  # the server answers with `Connection: close`
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -121,6 +126,23 @@ class ModelLoadError(WinequalityError):
 
     http_status = 503
     error_code = "MODEL_UNAVAILABLE"
+
+
+class RequestTimeout(WinequalityError):
+    """A request whose body (or its turn in the queue) outlived the server's request timeout;
+    the connection is closed after the answer (the rest of the body may still be coming)."""
+
+    http_status = 504
+    error_code = "REQUEST_TIMEOUT"
+    closes_connection = True
+
+
+class ClientGone(WinequalityError):
+    """The client closed its connection mid-request: no one reads the answer, but the access
+    log and metrics record it (499, nginx's "client closed request"), and it is not a bug."""
+
+    http_status = 499
+    error_code = "CLIENT_CLOSED_REQUEST"
 
 
 class ModelCheckError(WinequalityError):

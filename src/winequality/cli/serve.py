@@ -81,13 +81,61 @@ def serve(
             "signal stops at once (exit 130).",
         ),
     ] = 30,
+    max_inflight: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Scoring requests each worker takes at once; more wait (see next), then get "
+            "503 with Retry-After. Probes and /metrics are never held back.",
+        ),
+    ] = 4,
+    max_queue_wait_ms: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="How long a scoring request may wait for a slot (one that would wait longer "
+            "gets its 503 at once).",
+        ),
+    ] = 10.0,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds from a request's arrival to its whole body read, queue wait "
+            "included; past it, 504 (0: none).",
+        ),
+    ] = 30.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a client has to send a request's headers; then 408 and the "
+            "connection closes (0: none).",
+        ),
+    ] = 5.0,
+    min_body_rate: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Bytes per second a request body must average after that grace; a slower "
+            "client's connection is closed (0: no minimum).",
+        ),
+    ] = 8192,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Connections each worker holds; past it the oldest incomplete one is closed "
+            "(0: below the open-files limit, with room kept for probes).",
+        ),
+    ] = 0,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Serve a model over HTTP: MLflow's /invocations protocol, the Open Inference Protocol
     (V2: /v2/models/NAME/infer), a page at /, OpenAPI,
     Prometheus metrics and drift; follows a registry alias."""
     from winequality.scoring import load_scorer
-    from winequality.serving import ServerSettings, check_port
+    from winequality.serving import AdmissionLimits, ConnectionLimits, ServerSettings, check_port
     from winequality.serving import serve as run_server
     from winequality.tracking import resolve_uri
 
@@ -115,6 +163,8 @@ def serve(
         name=name,
         drain_delay=drain_delay,
         shutdown_timeout=shutdown_timeout,
+        admission=AdmissionLimits(max_inflight, max_queue_wait_ms / 1000, request_timeout),
+        connections=ConnectionLimits(header_timeout, min_body_rate, max_connections or None),
     )
     status = run_server(settings, scorer=scorer, host=host, port=port, workers=workers)
     if status:

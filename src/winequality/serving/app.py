@@ -3,7 +3,9 @@
     Recorder (request id, timing → metrics, access log; route labels from the router's match)
       └─ CloseWhileDraining (`Connection: close` once a stop was asked)
            └─ Door (bearer token; the probes stay open)
-                └─ Starlette (routes; errors → JSON answers)
+                └─ Admission (scoring requests: at most N at once, a short wait, else 503;
+                   │          the request deadline: 504)
+                   └─ Starlette (routes; errors → JSON answers)
 
 The table says each route's path, method, handler and whether it is a probe; the Starlette
 routes, the door's open paths and the recorder's route labels all come from it.
@@ -28,6 +30,8 @@ from winequality.errors import WinequalityError
 from winequality.schema import FEATURES
 from winequality.scoring import Scorer
 from winequality.serving.access_log import AccessLog
+from winequality.serving.admission import Admission, AdmissionLimits
+from winequality.serving.connections import ConnectionGuard
 from winequality.serving.door import Door
 from winequality.serving.endpoints_mlflow import MLflowEndpoints
 from winequality.serving.endpoints_server import ServerEndpoints
@@ -96,11 +100,15 @@ def create_app(
     tracking_uri: str | None = None,
     name: str | None = None,
     lifecycle: Lifecycle | None = None,
+    admission: AdmissionLimits | None = None,
+    connections: ConnectionGuard | None = None,
 ) -> Any:
     """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
     `refresh` > 0 and the URI names an alias. `name` is the model's name on V2 routes (default:
     the registered name, else wine-quality). The model scores a warm-up batch here, before any
-    socket opens: readiness is true from the first probe, until `lifecycle.drain()`."""
+    socket opens: readiness is true from the first probe, until `lifecycle.drain()`.
+    `admission` bounds the scoring requests taken at once (serving.admission); the
+    `connections` guard (serving.connections) reports what it closes to the metrics."""
     model_uri = model_uri or scorer.model.uri
     lifecycle = lifecycle or Lifecycle()
     # the first batch, before any request (a model that cannot score fails the start)
@@ -151,8 +159,9 @@ def create_app(
             if log is not None:
                 log.flush()
 
+    starlette_routes = [Route(e.path, e.handler, methods=[e.method]) for e in table]
     routes = Starlette(
-        routes=[Route(e.path, e.handler, methods=[e.method]) for e in table],
+        routes=starlette_routes,
         exception_handlers={
             WinequalityError: known_error,
             HTTPException: http_error,
@@ -160,7 +169,18 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    inner: Any = routes
+    gate = Admission(
+        routes,
+        admission or AdmissionLimits(),
+        routes=[r for r, e in zip(starlette_routes, table, strict=True) if e.method == "POST"],
+        observer=server_metrics,
+        pending=None if connections is None else connections.pending_requests,
+    )
+    if server_metrics is not None:
+        server_metrics.count_inflight = lambda: gate.inflight
+        if connections is not None:
+            connections.report = server_metrics.connection_closed
+    inner: Any = gate
     if token:
         inner = Door(inner, token=token, open_paths=[e.path for e in table if e.probe])
     observers: list[Observer] = [o for o in (server_metrics, log) if o is not None]

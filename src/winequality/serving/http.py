@@ -9,6 +9,7 @@ Anything else is a bug: logged with its request id, answered 500 with that id an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -16,13 +17,14 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from winequality.errors import PayloadTooLarge, UnsupportedMedia, WinequalityError
+from winequality.errors import ClientGone, PayloadTooLarge, UnsupportedMedia, WinequalityError
 from winequality.io import files
 
 __all__ = [
+    "ARRIVED_KEY",
     "DRAIN_LIMIT",
     "JSON",
     "REQUEST_ID_KEY",
@@ -45,6 +47,7 @@ V2_PREFIX = "/v2"  # the Open Inference Protocol's routes
 DRAIN_LIMIT = 64 * 1024 * 1024  # read and drop this much of a body that is too large
 # What a request leaves in its ASGI scope for the pieces around it (the access log, metrics).
 VERSION_KEY, ROWS_KEY, REQUEST_ID_KEY = "winequality.version", "winequality.rows", "winequality.id"
+ARRIVED_KEY = "winequality.arrived"  # time.monotonic() when the request's headers were in
 log = logging.getLogger("winequality.serve")
 
 
@@ -85,21 +88,25 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"the body is {int(declared)} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            await _drain(request)
-            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                await _drain(request)
+                raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # (or closed by the server: too slow, see serving.connections)
+        raise ClientGone("the client closed the connection before sending the whole body") from None
     return b"".join(chunks)
 
 
 async def _drain(request: Request) -> None:
     drained = 0
-    async for chunk in request.stream():
-        drained += len(chunk)
-        if drained > DRAIN_LIMIT:
-            return
+    with contextlib.suppress(ClientDisconnect):  # gone: nothing left to drop
+        async for chunk in request.stream():
+            drained += len(chunk)
+            if drained > DRAIN_LIMIT:
+                return
 
 
 async def send_json(
@@ -134,11 +141,13 @@ async def known_error(request: Request, exc: Exception) -> Response:
     """Every deliberate error, with the status it carries (on V2 routes, a value that breaks
     the schema is a 400: the protocol has no 422)."""
     assert isinstance(exc, WinequalityError)
+    headers = {"Connection": "close"} if exc.closes_connection else None
     if is_v2(request.url.path):
         status = 400 if exc.http_status == 422 else exc.http_status
-        return Response(v2_error_body(exc.summary, exc.entries()), status, media_type=JSON)
+        body = v2_error_body(exc.summary, exc.entries())
+        return Response(body, status, media_type=JSON, headers=headers)
     body = error_body(exc.error_code, exc.summary, exc.entries())
-    return Response(body, status_code=exc.http_status, media_type=JSON)
+    return Response(body, status_code=exc.http_status, media_type=JSON, headers=headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

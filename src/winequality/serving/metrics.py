@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ __all__ = ["MULTIPROC_ENV", "SETTLE_SECONDS", "ServerMetrics", "take_all"]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SETTLE_SECONDS = 0.1  # how stale another worker's counts may be when one worker is scraped
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+QUEUE_BUCKETS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class ServerMetrics:
@@ -98,12 +100,41 @@ class ServerMetrics:
             ["version", "feature", "bin"],
             registry=r,
         )
+        # Load: what `serving.admission` and `serving.connections` report
+        self.inflight = Gauge(
+            "winequality_requests_in_flight",
+            "Scoring requests admitted and not yet answered (sampled every 0.1 s)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.shed_requests = Counter(
+            "winequality_requests_shed",
+            "Scoring requests answered 503 at capacity, by reason (queue_full, queue_timeout)",
+            ["reason"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "winequality_queue_wait_seconds",
+            "Time admitted scoring requests waited for a slot",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "winequality_connections_closed",
+            "Connections the server closed to protect itself, by reason (header_timeout, "
+            "body_too_slow, capacity)",
+            ["reason"],
+            registry=r,
+        )
+        self.count_inflight: Callable[[], int] | None = None  # set by the app: the admission's
         self._counters: dict[tuple[str, int], Any] = {}
         self._histograms: dict[str, Any] = {}
         self._bin_children: dict[tuple[int, int], Any] = {}  # this version's, bound once
         # Filled by the event loop, drained by `flush` (the loop's timer, a scrape, or the
         # registry follower's thread): deques, whose append and popleft are atomic.
         self._requests: deque[tuple[str, int, float]] = deque()
+        self._waits: deque[float] = deque()
+        self._shed: deque[str] = deque()
         self._accepted: deque[np.ndarray] = deque()
         self._lock = threading.Lock()
         self.profile: drift.Profile | None = None
@@ -119,6 +150,15 @@ class ServerMetrics:
         if outside is not None:
             for j in np.flatnonzero(outside.any(axis=0)):
                 self.outside.labels(FEATURE_NAMES[j]).inc(int(outside[:, j].sum()))
+
+    def admitted(self, waited: float) -> None:
+        self._waits.append(waited)
+
+    def shed(self, reason: str) -> None:
+        self._shed.append(reason)
+
+    def connection_closed(self, reason: str) -> None:
+        self.connections_closed.labels(reason).inc()  # rare (a misbehaving client): at once
 
     def refused(self, issues: list[Any]) -> None:
         for issue in issues:
@@ -148,6 +188,7 @@ class ServerMetrics:
         requests = take_all(self._requests)
         if requests:
             self._fold_requests(requests)
+        self._fold_load()
         accepted = take_all(self._accepted)
         if not accepted:
             return
@@ -167,6 +208,17 @@ class ServerMetrics:
                     child = self.bins.labels(self.current, feature.name, str(b))
                     children[j, b] = child
                 child.inc(int(counts[b]))
+
+    def _fold_load(self) -> None:
+        if self.count_inflight is not None:
+            self.inflight.set(self.count_inflight())
+        for reason, count in Tally(take_all(self._shed)).items():
+            self.shed_requests.labels(reason).inc(count)
+        waits = take_all(self._waits)
+        if waits:
+            observe = self.queue_wait.observe
+            for waited in waits:
+                observe(waited)
 
     def _fold_requests(self, requests: list[tuple[str, int, float]]) -> None:
         # label children are bound once per route (and status): `labels` costs a lookup

@@ -27,7 +27,9 @@ from winequality.errors import ParameterError
 from winequality.processes import watch_parent
 from winequality.scoring import Scorer, load_scorer
 from winequality.serving import heap
+from winequality.serving.admission import AdmissionLimits
 from winequality.serving.app import DEFAULT_MAX_BODY, create_app
+from winequality.serving.connections import ConnectionGuard, ConnectionLimits, guarded_protocol
 from winequality.serving.lifecycle import Lifecycle
 
 __all__ = ["ServerSettings", "check_port", "serve"]
@@ -48,8 +50,16 @@ class ServerSettings:
     name: str | None = None  # the model's name on V2 routes
     drain_delay: float = 0.0  # seconds served with readiness 503 after SIGTERM
     shutdown_timeout: int = 30  # then at most this many seconds for what is in flight
+    admission: AdmissionLimits = dataclasses.field(
+        default_factory=AdmissionLimits
+    )  # scoring requests at once, queue, deadline
+    connections: ConnectionLimits = dataclasses.field(
+        default_factory=ConnectionLimits
+    )  # slow clients, the connection cap
 
-    def app(self, scorer: Scorer, lifecycle: Lifecycle) -> Any:
+    def app(
+        self, scorer: Scorer, lifecycle: Lifecycle, connections: ConnectionGuard | None = None
+    ) -> Any:
         return create_app(
             scorer,
             model_uri=self.model_uri,
@@ -62,6 +72,8 @@ class ServerSettings:
             tracking_uri=self.tracking_uri,
             name=self.name,
             lifecycle=lifecycle,
+            admission=self.admission,
+            connections=connections,
         )
 
     def server(self, scorer: Scorer, host: str, port: int) -> Any:
@@ -69,8 +81,16 @@ class ServerSettings:
         from winequality.serving.draining import DrainingServer
 
         lifecycle = Lifecycle()
-        app = self.app(scorer, lifecycle)
-        config = _uvicorn_config(app, host, port, self.shutdown_timeout)
+        guard = ConnectionGuard(self.connections)  # (its budget counts the files open now)
+        app = self.app(scorer, lifecycle, guard)
+        config = _uvicorn_config(
+            app,
+            host,
+            port,
+            self.shutdown_timeout,
+            protocol=guarded_protocol(guard),
+            backlog=guard.backlog,
+        )
         return DrainingServer(config, lifecycle, self.drain_delay)
 
 
@@ -91,7 +111,15 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _uvicorn_config(app: Any, host: str, port: int, shutdown_timeout: int = 30) -> Any:
+def _uvicorn_config(
+    app: Any,
+    host: str,
+    port: int,
+    shutdown_timeout: int = 30,
+    *,
+    protocol: Any = "httptools",
+    backlog: int = 2048,
+) -> Any:
     import uvicorn
 
     return uvicorn.Config(
@@ -101,7 +129,8 @@ def _uvicorn_config(app: Any, host: str, port: int, shutdown_timeout: int = 30) 
         log_level="warning",
         access_log=False,  # ours: one JSON line per request
         timeout_graceful_shutdown=shutdown_timeout,
-        http="httptools",
+        http=protocol,  # uvicorn's httptools protocol with deadlines (serving.connections)
+        backlog=backlog,
         loop="auto",  # uvloop where it is installed (not on Windows)
     )
 

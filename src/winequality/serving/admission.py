@@ -1,0 +1,202 @@
+"""Pure ASGI middleware: how many scoring requests a worker takes at once, and what the rest get.
+
+A worker scores at most `max_inflight` requests at a time (a request is in flight from the
+moment it is admitted until its answer is sent: its body read, decoded, scored). One that
+arrives when all slots are taken waits, first come first served, for at most
+`max_queue_wait` seconds; one that would wait longer is answered at once, 503 with
+`Retry-After` and the protocol's JSON error body, rather than after the wait (its client can try
+another replica now). Scoring runs without yielding, so the admitted requests share one event
+loop: a queue much longer than the slots would only add waiting to every answer.
+
+The wait a newcomer would face is estimated from the time between recent releases (slots free
+up at that pace while the server is busy): a newcomer at queue position k would wait about
+(k + 1) times that interval. Past `max_queue_wait` it is shed as `queue_full`; one that did
+queue and still found no slot in time is shed as `queue_timeout`.
+
+Only scoring requests (POST) are gated: probes, metadata and `/metrics` cost little and must
+answer while the scoring routes are saturated, and they are neither counted nor shed.
+
+The request deadline (`request_timeout`) runs from arrival and covers the queue wait and the
+body read (every `receive` of the body): past it the answer is 504 (RequestTimeout), with
+`Connection: close`, since the rest of the body would otherwise still be on its way. Scoring
+itself runs without yielding, so a deadline could not interrupt it anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.routing import Match
+
+from winequality.errors import RequestTimeout
+from winequality.serving.http import ARRIVED_KEY, error_body, is_v2, send_json, v2_error_body
+
+__all__ = ["Admission", "AdmissionLimits", "ShedObserver"]
+
+RETRY_AFTER_SECONDS = 1
+OVERLOADED = "the server is at capacity; try again in a moment (Retry-After)"
+SHED_HEADERS = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+SHED_BODY = error_body("OVERLOADED", OVERLOADED)
+V2_SHED_BODY = v2_error_body(OVERLOADED)
+LATE = "the request was not received in full within the server's request timeout"
+SMOOTHING = 0.1  # weight of the newest request in the running estimate of the service time
+TICK_SECONDS = 0.005  # how often the event loop's lateness is measured
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    max_inflight: int = 4  # scoring requests per worker at once
+    max_queue_wait: float = 0.01  # seconds a request may wait (at least twice its service time)
+    request_timeout: float = 30.0  # seconds from arrival to the body fully read; 0: none
+
+    def __post_init__(self) -> None:
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+
+
+class ShedObserver(Protocol):
+    def shed(self, reason: str) -> None: ...
+
+    def admitted(self, waited: float) -> None: ...
+
+
+class Admission:
+    def __init__(
+        self,
+        app: Any,
+        limits: AdmissionLimits,
+        *,
+        routes: Sequence[Any] = (),
+        observer: ShedObserver | None = None,
+        pending: Callable[[], int] | None = None,
+    ) -> None:
+        self.app, self.limits, self.observer = app, limits, observer
+        self.routes = tuple(routes)  # to name a shed request's route (the router never saw it)
+        self.inflight = 0
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.service = 0.0  # running estimate of a request's time from admission to answer
+        self.lag = 0.0  # how late the event loop ran its last tick: time unread in the kernel
+        self.ticker: asyncio.TimerHandle | None = None
+        # requests read and not yet answered, admitted or not (serving.connections counts them)
+        self.pending: Callable[[], int] | None = pending
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        now = time.monotonic()
+        arrived = scope.get(ARRIVED_KEY, now)  # (stamped by serving.connections' protocol)
+        timeout = self.limits.request_timeout
+        deadline = arrived + timeout if timeout > 0 else None
+        if self.ticker is None:
+            self._tick(now)
+        # its wait so far: since its headers were read, and before that, unseen in the
+        # kernel's buffers, about as long as the event loop is late, when requests crowd in
+        # (a lone request after a pause, a collection say, is not overload)
+        crowded = self.pending is not None and self.pending() > self.limits.max_inflight
+        waited = now - arrived + (self.lag if crowded else 0.0)
+        allowed = self._allowed_wait(now)
+        if waited > allowed:
+            await self._refuse(scope, send, "queue_timeout", deadline)
+            return
+        if self.inflight < self.limits.max_inflight and not self.waiting:
+            self.inflight += 1
+        elif not await self._wait_for_slot(scope, send, waited, allowed, deadline):
+            return
+        admitted = time.monotonic()
+        if self.observer is not None:
+            self.observer.admitted(waited + admitted - now)
+        try:
+            if deadline is None:
+                await self.app(scope, receive, send)
+            else:
+                await self.app(scope, _receive_by(receive, deadline), send)
+        finally:
+            self._release(admitted)
+
+    def _allowed_wait(self, now: float) -> float:
+        """`max_queue_wait`, or twice the time a request takes once admitted if longer: a
+        request is not refused for waiting out the one before it (large bodies, a few
+        clients), and under sustained overload the wait stays a small multiple of the work."""
+        return max(self.limits.max_queue_wait, 2 * self.service)
+
+    async def _wait_for_slot(
+        self, scope: Any, send: Any, waited: float, allowed: float, deadline: float | None
+    ) -> bool:
+        """Queue for a slot; False when the request was answered instead (503 or 504)."""
+        patience = allowed - waited
+        if (len(self.waiting) + 1) * self.service / self.limits.max_inflight > patience:
+            await self._shed(scope, send, "queue_full")
+            return False
+        if deadline is not None:
+            patience = min(patience, deadline - time.monotonic())
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(slot)
+        try:
+            async with asyncio.timeout(patience):
+                await slot  # the slot is handed over by `_release`: `inflight` is unchanged
+            return True
+        except TimeoutError:
+            if slot.done() and not slot.cancelled():  # handed over as the time ran out
+                return True
+        finally:
+            if not slot.done():
+                slot.cancel()  # (a waiter cancelled by its client: `_release` skips it)
+        await self._refuse(scope, send, "queue_timeout", deadline)
+        return False
+
+    async def _refuse(self, scope: Any, send: Any, reason: str, deadline: float | None) -> None:
+        """503 (shed), or 504 when the request's own deadline has passed meanwhile."""
+        if deadline is not None and time.monotonic() >= deadline:
+            late = RequestTimeout(LATE)
+            await _send_error(scope, send, 504, late.error_code, late.summary)
+        else:
+            await self._shed(scope, send, reason)
+
+    def _tick(self, due: float) -> None:
+        now = time.monotonic()
+        self.lag = max(0.0, now - due)
+        loop = asyncio.get_running_loop()
+        self.ticker = loop.call_later(TICK_SECONDS, self._tick, now + TICK_SECONDS)
+
+    def _release(self, admitted: float) -> None:
+        self.service += SMOOTHING * (time.monotonic() - admitted - self.service)
+        while self.waiting:
+            slot = self.waiting.popleft()
+            if not slot.done():
+                slot.set_result(None)  # the slot passes to the first waiter still waiting
+                return
+        self.inflight -= 1
+
+    async def _shed(self, scope: Any, send: Any, reason: str) -> None:
+        for route in self.routes:  # the access log and metrics name the route it asked for
+            if route.matches(scope)[0] is Match.FULL:
+                scope["route"] = route
+                break
+        if self.observer is not None:
+            self.observer.shed(reason)
+        body = V2_SHED_BODY if is_v2(scope["path"]) else SHED_BODY
+        await send_json(send, 503, body, SHED_HEADERS)
+
+
+def _receive_by(receive: Any, deadline: float) -> Any:
+    """`receive`, failing with RequestTimeout (a 504) once the deadline has passed."""
+
+    async def receive_in_time() -> Any:
+        try:
+            async with asyncio.timeout(deadline - time.monotonic()):
+                return await receive()
+        except TimeoutError:
+            raise RequestTimeout(LATE) from None
+
+    return receive_in_time
+
+
+async def _send_error(scope: Any, send: Any, status: int, code: str, message: str) -> None:
+    body = v2_error_body(message) if is_v2(scope["path"]) else error_body(code, message)
+    await send_json(send, status, body, [(b"connection", b"close")])

@@ -1,0 +1,257 @@
+"""Slow and idle clients: deadlines for a request's headers and body, and a connection cap.
+
+uvicorn holds a connection that never finishes its headers, or trickles its body, for as long
+as the client likes (its only timer is keep-alive, between requests). A few hundred such
+connections exhaust the process's open files, and then nothing is accepted, probes included.
+So each worker's HTTP protocol is uvicorn's httptools protocol with three additions:
+
+- headers deadline: a request's headers must be complete `header_timeout` seconds after its
+  first byte (a new connection: after it opened); else 408 and the connection closes;
+- minimum body rate: once headers are in, the body must arrive at `min_body_rate` bytes per
+  second on average, after a grace of `header_timeout` seconds; time the server itself was not
+  reading (uvicorn pauses a connection whose body the app has not yet taken, for instance
+  while the request waits for a slot) does not count against the client. A body too slow has
+  its connection closed (the request ends as 499 in the access log);
+- a connection cap below the open-files limit (that limit minus the files open at start, a
+  reserve and the listen backlog, or `max_connections`): when a new connection would pass
+  it, the oldest connection whose request started and stalled (else the oldest idle
+  keep-alive one) is closed, not the newcomer, so a probe or a real client still gets in
+  while slow ones hold the rest (only when every other connection is being answered or
+  has sent nothing yet is the newcomer turned away).
+
+Deadlines are checked by one sweep every SWEEP_SECONDS over the incomplete connections only,
+not a timer per connection. The hooks used (`connection_made`, `connection_lost`,
+`on_message_begin`, `on_headers_complete`, `on_body`, `on_message_complete`,
+`on_response_complete`, and the `transport`, `flow`, `pipeline` and `server_state` attributes)
+are those of the uvicorn range pinned in pyproject.toml; tests/test_serving_slow_clients.py
+drives them through the real command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from winequality.serving.http import ARRIVED_KEY
+
+__all__ = ["ConnectionGuard", "ConnectionLimits", "GuardedProtocol", "guarded_protocol"]
+
+SWEEP_SECONDS = 0.25
+RESERVE_FILES = 64  # kept for what a worker opens besides connections (model, metrics, logs)
+MIN_CONNECTIONS = 16
+MAX_BACKLOG = 2048  # uvicorn's default
+TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+TIMEOUT_BODY = b'{"error_code":"REQUEST_TIMEOUT","message":"the request headers took too long"}'
+
+HEADERS, BODY, BUSY, IDLE = "headers", "body", "busy", "idle"  # a connection's phase
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout: float = 5.0  # seconds for a request's headers (0: no deadline)
+    min_body_rate: int = 8192  # bytes per second a body must keep up (0: no minimum)
+    max_connections: int | None = None  # None: from the open-files limit (`budget`)
+
+    def budget(self) -> tuple[int, int]:
+        """(connections held at most, listen backlog) for one worker.
+
+        The event loop accepts every pending connection before any protocol sees one, so a
+        burst can take as many files as the backlog holds before the cap is enforced: the
+        backlog is sized to fit beside the cap within the open-files limit, less what is open
+        now and a reserve for the worker's own files.
+        """
+        soft = _files_limit()
+        room = max(2 * MIN_CONNECTIONS, soft - _open_files() - RESERVE_FILES)
+        backlog = min(MAX_BACKLOG, max(MIN_CONNECTIONS, room // 4))
+        cap = self.max_connections or room - backlog
+        return cap, backlog
+
+
+def _files_limit() -> int:
+    try:
+        import resource
+    except ImportError:  # (Windows: no such limit to keep below)
+        return 1 << 30
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 30 if soft == resource.RLIM_INFINITY else soft
+
+
+def _open_files() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 32  # (no /proc: a typical count for a worker with its model loaded)
+
+
+class ConnectionGuard:
+    """One worker's connections: which are incomplete, since when, and the sweep that ends
+    those past their deadline."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.cap, self.backlog = limits.budget()
+        # incomplete requests, oldest first (dicts keep insertion order)
+        self.incomplete: dict[GuardedProtocol, None] = {}
+        self.idle: dict[GuardedProtocol, None] = {}
+        self.sweeper: asyncio.TimerHandle | None = None
+        self.report: Callable[[str], None] | None = None  # the metrics' connection_closed
+        self.closed: dict[str, int] = {}  # by reason, for the tests and the bench
+        self.pending = 0  # POST requests read (headers in) and not yet answered
+
+    def pending_requests(self) -> int:
+        return self.pending
+
+    def closing(self, reason: str) -> None:
+        self.closed[reason] = self.closed.get(reason, 0) + 1
+        if self.report is not None:
+            self.report(reason)
+
+    def track(self, connection: GuardedProtocol, phase: str) -> None:
+        self.idle.pop(connection, None)
+        if phase in (HEADERS, BODY):
+            self.incomplete.pop(connection, None)
+            self.incomplete[connection] = None  # (re)entered: now the newest
+            if self.sweeper is None:
+                loop = asyncio.get_running_loop()
+                self.sweeper = loop.call_later(SWEEP_SECONDS, self.sweep)
+        else:
+            self.incomplete.pop(connection, None)
+            if phase == IDLE:
+                self.idle[connection] = None
+
+    def forget(self, connection: GuardedProtocol) -> None:
+        self.incomplete.pop(connection, None)
+        self.idle.pop(connection, None)
+
+    def make_room(self, newcomer: GuardedProtocol, connections: int) -> bool:
+        """Past the cap, close one connection: the oldest whose request started and stalled,
+        else the oldest idle keep-alive one. When there is none (the others are being
+        answered, or were accepted so recently that nothing of theirs was read yet, a probe's
+        maybe), the newcomer stays if the backlog's share of files allows, else it is the one
+        turned away: False."""
+        if connections <= self.cap:
+            return True
+        candidates = ((c for c in self.incomplete if c.got_bytes), iter(self.idle))
+        for pool in candidates:
+            oldest = next((c for c in pool if c is not newcomer), None)
+            if oldest is not None:
+                self.forget(oldest)
+                oldest.transport.close()
+                self.closing("capacity")
+                return True
+        # the backlog's share of the files is there for such a burst: until the next read
+        return connections <= self.cap + self.backlog
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        header_timeout, rate = self.limits.header_timeout, self.limits.min_body_rate
+        for connection in list(self.incomplete):
+            if connection.phase == HEADERS:
+                if header_timeout and now - connection.since > header_timeout:
+                    self.forget(connection)
+                    connection.time_out_headers()
+                    self.closing("header_timeout")
+                continue
+            # BODY: the client's time is what passed while the server wanted to read
+            if not connection.flow.read_paused:
+                connection.reading += now - connection.swept
+            connection.swept = now
+            owed = rate * (connection.reading - header_timeout)
+            if rate and owed > 0 and connection.received < owed:
+                self.forget(connection)
+                connection.transport.close()  # the app's receive sees the client gone
+                self.closing("body_too_slow")
+        if self.incomplete:
+            loop = asyncio.get_running_loop()
+            self.sweeper = loop.call_later(SWEEP_SECONDS, self.sweep)
+        else:
+            self.sweeper = None
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, reporting each phase of its requests to the guard."""
+
+    guard: ConnectionGuard  # set on the subclass `guarded_protocol` makes
+
+    phase = HEADERS
+    since = 0.0  # when the current phase began (monotonic)
+    got_bytes = False  # a byte of the current request arrived
+    received = 0  # body bytes of the current request
+    reading = 0.0  # seconds the server was reading the body (not paused)
+    swept = 0.0
+    counted = False  # the current request is among the guard's pending ones
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.since = time.monotonic()
+        self.guard.track(self, HEADERS)
+        if not self.guard.make_room(self, len(self.connections)):
+            self.guard.forget(self)  # all the others are answering: the newcomer waits outside
+            self.transport.close()
+            self.guard.closing("capacity")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.forget(self)
+        self._answered()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.got_bytes = True
+        if self.phase != HEADERS:  # a later request on a kept-alive connection
+            self.phase, self.since = HEADERS, time.monotonic()
+            self.guard.track(self, HEADERS)
+
+    def on_headers_complete(self) -> None:
+        now = time.monotonic()
+        # when it arrived: its wait for the event loop counts as queueing (serving.admission)
+        self.scope[ARRIVED_KEY] = now  # type: ignore[literal-required]
+        super().on_headers_complete()
+        if self.scope["method"] == "POST" and not self.counted:
+            self.counted = True
+            self.guard.pending += 1
+        self.phase, self.since, self.swept = BODY, now, now
+        self.received, self.reading = 0, 0.0
+        self.guard.track(self, BODY)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self.received += len(body)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.phase = BUSY
+        self.guard.track(self, BUSY)
+
+    def _answered(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.guard.pending -= 1
+
+    def on_response_complete(self) -> None:
+        self._answered()
+        super().on_response_complete()
+        if self.phase == BUSY and not self.pipeline:
+            self.phase, self.got_bytes = IDLE, False
+            self.guard.track(self, IDLE)
+
+    def time_out_headers(self) -> None:
+        """408 to a client that sent part of a request (nothing to one that sent nothing: a
+        browser's speculative connection), then close."""
+        if self.got_bytes and not self.transport.is_closing():
+            self.transport.write(TIMEOUT_408 % (len(TIMEOUT_BODY), TIMEOUT_BODY))
+        self.transport.close()
+
+
+def guarded_protocol(guard: ConnectionGuard) -> type[GuardedProtocol]:
+    """The protocol class uvicorn builds each connection with (`Config(http=...)`)."""
+    return type("WinequalityHttpProtocol", (GuardedProtocol,), {"guard": guard})
