@@ -11,7 +11,9 @@ per-feature form its MLflow runtime decodes. The same wrk load (Debian's wrk; `a
 wrk`): one-row bodies with 8 connections, in rounds that alternate the servers, then 10,000-row
 bodies with 2 connections. Prints req/s, p50 and p99 latency, the server's CPU time per request,
 rows/s, and each figure's ratio to MLflow's (the anchor); then ours against the faster MLServer
-configuration; then, in process, the CPU per request of the ASGI app alone, plain against full.
+configuration; then, in process, the CPU per request of the ASGI app alone, plain against full;
+then bench/overload.py's rows (4x overload and 2,000 stalled connections, ours beside uvicorn's
+`--limit-concurrency`).
 Usage: uv run python bench/serve.py [--seconds 10] [--rounds 3] [--data PATH] [--mlserver PATH]
 """
 
@@ -317,6 +319,11 @@ def main() -> None:
         )
     print()
     in_process(result.model_uri, (work / "body-mlflow-1.json").read_bytes())
+    print()
+    sys.path.insert(0, str(Path(__file__).parent))
+    import overload  # bench/overload.py: past capacity and slow clients, beside uvicorn's limit
+
+    overload.report(result.model_uri, args.seconds)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -154,13 +154,20 @@ class _Client(asyncio.Protocol):
 
 
 async def open_loop(
-    port: int, request: bytes, rate: float, seconds: float, *, max_connections: int = 400
+    port: int,
+    request: bytes,
+    rate: float,
+    seconds: float,
+    *,
+    max_connections: int = 400,
+    preopen: int = 0,
 ) -> list[Answer]:
     """`rate` requests a second for `seconds`, each due at its time whatever came back.
 
     A request goes out on a free kept-alive connection, or a new one (past `max_connections`
     open at once it waits for one to free up, and its latency, counted from when it was due,
-    shows the wait)."""
+    shows the wait). `preopen` connections are opened before the first request, as wrk does:
+    the first request on a new connection pays for the connection too."""
     loop = asyncio.get_running_loop()
     answers: list[Answer] = []
     idle: list[_Client] = []
@@ -183,6 +190,9 @@ async def open_loop(
         clients.append(client)
         idle.append(client)
 
+    for _ in range(preopen):
+        opening += 1
+        await connect()
     start = time.monotonic()
     total = int(rate * seconds)
     pending: set[asyncio.Task[None]] = set()
@@ -241,9 +251,11 @@ async def probe_loop(
     return answers
 
 
-def open_loop_in_process(port: int, request: bytes, rate: float, seconds: float) -> list[Answer]:
+def open_loop_in_process(
+    port: int, request: bytes, rate: float, seconds: float, preopen: int = 0
+) -> list[Answer]:
     """`open_loop` in a process of its own (its CPU is not the prober's)."""
-    return run(open_loop(port, request, rate, seconds))
+    return run(open_loop(port, request, rate, seconds, preopen=preopen))
 
 
 async def half_headers(

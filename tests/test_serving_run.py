@@ -233,6 +233,8 @@ def test_sigterm_drains_50_clients_without_a_failed_request(trained_model, wines
     port = free_port()
     options = ["--workers", str(workers), "--drain-delay", str(drain)]
     options += ["--shutdown-timeout", str(timeout), "--access-log", "off"]
+    # the drain is under test, not overload (tests/test_serving_load.py): all 50 get a slot
+    options += ["--max-inflight", "50", "--max-queue-wait-ms", "2000"]
     process = serve_process(trained_model, port, *options, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     body = split_body(wines.head(5))

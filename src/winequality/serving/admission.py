@@ -1,17 +1,22 @@
 """Pure ASGI middleware: how many scoring requests a worker takes at once, and what the rest get.
 
 A worker scores at most `max_inflight` requests at a time (a request is in flight from the
-moment it is admitted until its answer is sent: its body read, decoded, scored). One that
-arrives when all slots are taken waits, first come first served, for at most
-`max_queue_wait` seconds; one that would wait longer is answered at once, 503 with
-`Retry-After` and the protocol's JSON error body, rather than after the wait (its client can try
-another replica now). Scoring runs without yielding, so the admitted requests share one event
-loop: a queue much longer than the slots would only add waiting to every answer.
+moment it is admitted until its answer is sent: its body read, decoded, scored). The rest wait,
+first come first served, but not for long: one that has waited, or would wait, longer than
+the allowed wait is answered at once, 503 with `Retry-After` and the protocol's JSON error body
+(its client can try another replica now). Scoring runs without yielding, so the admitted
+requests share one event loop: a long queue would only add the same wait to every answer.
 
-The wait a newcomer would face is estimated from the time between recent releases (slots free
-up at that pace while the server is busy): a newcomer at queue position k would wait about
-(k + 1) times that interval. Past `max_queue_wait` it is shed as `queue_full`; one that did
-queue and still found no slot in time is shed as `queue_timeout`.
+A request's wait counts from when its headers were read (`serving.connections` stamps it), not
+from when this middleware first sees it: on one event loop, requests read in the same turn wait
+as ready tasks, and before that, unread in the kernel's buffers, for about as long as the loop
+runs late. That lateness is measured by a tick every TICK_SECONDS and added when more requests
+are pending than there are slots (a lone request after a pause, a garbage collection say, is
+not overload). The allowed wait is `max_queue_wait`, or twice the recent service time if that
+is longer, so that a request is not refused for waiting out the one before it (large bodies, a
+few clients). One that has waited too long is shed as `queue_timeout`; one whose expected wait
+in the queue (its place times the service time, over the slots) is already too long, as
+`queue_full`.
 
 Only scoring requests (POST) are gated: probes, metadata and `/metrics` cost little and must
 answer while the scoring routes are saturated, and they are neither counted nor shed.
@@ -74,8 +79,10 @@ class Admission:
         routes: Sequence[Any] = (),
         observer: ShedObserver | None = None,
         pending: Callable[[], int] | None = None,
+        max_body: int = 8 * 1024 * 1024,
     ) -> None:
         self.app, self.limits, self.observer = app, limits, observer
+        self.max_body = max_body  # read ahead at most this much (the routes' own limit)
         self.routes = tuple(routes)  # to name a shed request's route (the router never saw it)
         self.inflight = 0
         self.waiting: deque[asyncio.Future[None]] = deque()
@@ -101,23 +108,52 @@ class Admission:
         crowded = self.pending is not None and self.pending() > self.limits.max_inflight
         waited = now - arrived + (self.lag if crowded else 0.0)
         allowed = self._allowed_wait(now)
-        if waited > allowed:
+        if waited > allowed:  # late already: refused before its body is read
             await self._refuse(scope, send, "queue_timeout", deadline)
             return
-        if self.inflight < self.limits.max_inflight and not self.waiting:
+        # The body is read before a slot is taken: a slot is for the work that does not
+        # yield (decode, score, answer), so a client trickling its body holds no slot.
+        try:
+            prefetched = await self._prefetch(receive, deadline)
+        except RequestTimeout as late:
+            await _send_error(scope, send, 504, late.error_code, late.summary)
+            return
+        replay = _replaying(prefetched, receive)
+        read = time.monotonic()  # (the body's time is the client's, not a wait)
+        if self.inflight < self.limits.max_inflight and not self._queued():
             self.inflight += 1
         elif not await self._wait_for_slot(scope, send, waited, allowed, deadline):
             return
         admitted = time.monotonic()
         if self.observer is not None:
-            self.observer.admitted(waited + admitted - now)
+            self.observer.admitted(waited + admitted - read)
         try:
-            if deadline is None:
-                await self.app(scope, receive, send)
-            else:
-                await self.app(scope, _receive_by(receive, deadline), send)
+            await self.app(scope, replay, send)
         finally:
             self._release(admitted)
+
+    async def _prefetch(self, receive: Any, deadline: float | None) -> list[Any]:
+        """The body's messages, up to `max_body` bytes (past it, or at a disconnect, the rest
+        is left to the route, which answers 413 or records the client gone)."""
+        messages, size = [], 0
+        while True:
+            if deadline is None:
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        message = await receive()
+                except TimeoutError:
+                    raise RequestTimeout(LATE) from None
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return messages
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                return messages
+
+    def _queued(self) -> int:
+        return sum(not slot.done() for slot in self.waiting)
 
     def _allowed_wait(self, now: float) -> float:
         """`max_queue_wait`, or twice the time a request takes once admitted if longer: a
@@ -130,7 +166,7 @@ class Admission:
     ) -> bool:
         """Queue for a slot; False when the request was answered instead (503 or 504)."""
         patience = allowed - waited
-        if (len(self.waiting) + 1) * self.service / self.limits.max_inflight > patience:
+        if (self._queued() + 1) * self.service / self.limits.max_inflight > patience:
             await self._shed(scope, send, "queue_full")
             return False
         if deadline is not None:
@@ -144,6 +180,10 @@ class Admission:
         except TimeoutError:
             if slot.done() and not slot.cancelled():  # handed over as the time ran out
                 return True
+        except asyncio.CancelledError:  # (the server stopping): a slot handed over passes on
+            if slot.done() and not slot.cancelled():
+                self._release(time.monotonic())
+            raise
         finally:
             if not slot.done():
                 slot.cancel()  # (a waiter cancelled by its client: `_release` skips it)
@@ -161,6 +201,9 @@ class Admission:
     def _tick(self, due: float) -> None:
         now = time.monotonic()
         self.lag = max(0.0, now - due)
+        if not self.inflight and (self.pending is None or not self.pending()):
+            self.ticker = None  # idle: no need to wake up; the next request starts it again
+            return
         loop = asyncio.get_running_loop()
         self.ticker = loop.call_later(TICK_SECONDS, self._tick, now + TICK_SECONDS)
 
@@ -184,17 +227,16 @@ class Admission:
         await send_json(send, 503, body, SHED_HEADERS)
 
 
-def _receive_by(receive: Any, deadline: float) -> Any:
-    """`receive`, failing with RequestTimeout (a 504) once the deadline has passed."""
+def _replaying(messages: list[Any], receive: Any) -> Any:
+    """`receive` that first gives back what was read ahead, then reads on."""
+    pending = list(messages)
 
-    async def receive_in_time() -> Any:
-        try:
-            async with asyncio.timeout(deadline - time.monotonic()):
-                return await receive()
-        except TimeoutError:
-            raise RequestTimeout(LATE) from None
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
 
-    return receive_in_time
+    return replay
 
 
 async def _send_error(scope: Any, send: Any, status: int, code: str, message: str) -> None:

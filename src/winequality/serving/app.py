@@ -175,6 +175,7 @@ def create_app(
         routes=[r for r, e in zip(starlette_routes, table, strict=True) if e.method == "POST"],
         observer=server_metrics,
         pending=None if connections is None else connections.pending_requests,
+        max_body=max_body_bytes,
     )
     if server_metrics is not None:
         server_metrics.count_inflight = lambda: gate.inflight

@@ -8,23 +8,26 @@ So each worker's HTTP protocol is uvicorn's httptools protocol with three additi
 - headers deadline: a request's headers must be complete `header_timeout` seconds after its
   first byte (a new connection: after it opened); else 408 and the connection closes;
 - minimum body rate: once headers are in, the body must arrive at `min_body_rate` bytes per
-  second on average, after a grace of `header_timeout` seconds; time the server itself was not
-  reading (uvicorn pauses a connection whose body the app has not yet taken, for instance
-  while the request waits for a slot) does not count against the client. A body too slow has
-  its connection closed (the request ends as 499 in the access log);
+  second on average, after a grace of `header_timeout` seconds (BODY_GRACE when there is no
+  header deadline); time the server itself was not reading (uvicorn stops reading a body past
+  64 KiB until the app asks for it, and the app may not have got to it yet) does not count
+  against the client. A body too slow has its connection closed (the request ends as 499 in
+  the access log);
 - a connection cap below the open-files limit (that limit minus the files open at start, a
   reserve and the listen backlog, or `max_connections`): when a new connection would pass
-  it, the oldest connection whose request started and stalled (else the oldest idle
+  it, the oldest connection whose request started and is not complete (else the oldest idle
   keep-alive one) is closed, not the newcomer, so a probe or a real client still gets in
   while slow ones hold the rest (only when every other connection is being answered or
-  has sent nothing yet is the newcomer turned away).
+  has sent nothing yet, and the backlog's share of files is used up too, is the newcomer
+  turned away).
 
 Deadlines are checked by one sweep every SWEEP_SECONDS over the incomplete connections only,
 not a timer per connection. The hooks used (`connection_made`, `connection_lost`,
 `on_message_begin`, `on_headers_complete`, `on_body`, `on_message_complete`,
-`on_response_complete`, and the `transport`, `flow`, `pipeline` and `server_state` attributes)
-are those of the uvicorn range pinned in pyproject.toml; tests/test_serving_slow_clients.py
-drives them through the real command.
+`on_response_complete`, `timeout_keep_alive_handler`, and the `transport`, `flow`, `cycle`,
+`pipeline`, `loop`, `timeout_keep_alive_task` and `server_state` attributes) are those of the
+uvicorn range pinned in pyproject.toml; tests/test_serving_load.py drives them in process and
+through the real command.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ SWEEP_SECONDS = 0.25
 RESERVE_FILES = 64  # kept for what a worker opens besides connections (model, metrics, logs)
 MIN_CONNECTIONS = 16
 MAX_BACKLOG = 2048  # uvicorn's default
+BODY_GRACE = 5.0  # seconds before a body's rate counts, when there is no header timeout
 TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
@@ -133,7 +137,7 @@ class ConnectionGuard:
         self.idle.pop(connection, None)
 
     def make_room(self, newcomer: GuardedProtocol, connections: int) -> bool:
-        """Past the cap, close one connection: the oldest whose request started and stalled,
+        """Past the cap, close one connection: the oldest whose request started, incomplete,
         else the oldest idle keep-alive one. When there is none (the others are being
         answered, or were accepted so recently that nothing of theirs was read yet, a probe's
         maybe), the newcomer stays if the backlog's share of files allows, else it is the one
@@ -165,7 +169,7 @@ class ConnectionGuard:
             if not connection.flow.read_paused:
                 connection.reading += now - connection.swept
             connection.swept = now
-            owed = rate * (connection.reading - header_timeout)
+            owed = rate * (connection.reading - (header_timeout or BODY_GRACE))
             if rate and owed > 0 and connection.received < owed:
                 self.forget(connection)
                 connection.transport.close()  # the app's receive sees the client gone
@@ -229,6 +233,14 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        if self.cycle.response_complete:  # answered early (503, 413…): the body was dropped
+            self._idle()
+            if self.timeout_keep_alive_task is None and not self.transport.is_closing():
+                # (uvicorn's timer was cancelled by the body's bytes and is not set again)
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self._close_if_idle
+                )
+            return
         self.phase = BUSY
         self.guard.track(self, BUSY)
 
@@ -239,15 +251,26 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._answered()
+        pipelined = bool(self.pipeline)  # (super() starts the next one)
         super().on_response_complete()
-        if self.phase == BUSY and not self.pipeline:
-            self.phase, self.got_bytes = IDLE, False
-            self.guard.track(self, IDLE)
+        if self.phase == BUSY and not pipelined:
+            self._idle()
+
+    def _close_if_idle(self) -> None:
+        """uvicorn's keep-alive timeout, unless a new request began meanwhile (its bytes
+        may have come in the same read as the end of the dropped body)."""
+        if self.phase == IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+    def _idle(self) -> None:
+        self.phase, self.got_bytes = IDLE, False
+        self.guard.track(self, IDLE)
 
     def time_out_headers(self) -> None:
         """408 to a client that sent part of a request (nothing to one that sent nothing: a
         browser's speculative connection), then close."""
-        if self.got_bytes and not self.transport.is_closing():
+        between = self.cycle is None or self.cycle.response_complete  # (not mid-answer)
+        if self.got_bytes and between and not self.transport.is_closing():
             self.transport.write(TIMEOUT_408 % (len(TIMEOUT_BODY), TIMEOUT_BODY))
         self.transport.close()
 

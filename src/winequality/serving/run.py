@@ -130,6 +130,7 @@ def _uvicorn_config(
         access_log=False,  # ours: one JSON line per request
         timeout_graceful_shutdown=shutdown_timeout,
         http=protocol,  # uvicorn's httptools protocol with deadlines (serving.connections)
+        ws="none",  # no WebSocket route: an upgrade request is an ordinary one
         backlog=backlog,
         loop="auto",  # uvloop where it is installed (not on Windows)
     )
