@@ -96,7 +96,7 @@ def serve(
             help="How long a scoring request may wait for a slot (one that would wait longer "
             "gets its 503 at once).",
         ),
-    ] = 10.0,
+    ] = 5.0,
     request_timeout: Annotated[
         float,
         typer.Option(

@@ -10,19 +10,20 @@ requests share one event loop: a long queue would only add the same wait to ever
 A request's wait counts from when its headers were read (`serving.connections` stamps it), not
 from when this middleware first sees it: on one event loop, requests read in the same turn wait
 as ready tasks, and before that, unread in the kernel's buffers, for about as long as the loop
-runs late. That lateness is measured by a tick every TICK_SECONDS and added when more requests
-are pending than there are slots (a lone request after a pause, a garbage collection say, is
-not overload). The allowed wait is `max_queue_wait`, or twice the recent service time if that
-is longer, so that a request is not refused for waiting out the one before it (large bodies, a
-few clients). One that has waited too long is shed as `queue_timeout`; one whose expected wait
-in the queue (its place times the service time, over the slots) is already too long, as
-`queue_full`.
+runs late. That lateness is measured by a tick every TICK_SECONDS and added when the requests
+already read would take longer than the allowed wait to get through (a few clients after a
+pause, a garbage collection say, are not overload). The allowed wait is `max_queue_wait`, or
+twice the recent service time if that is longer, so that a request is not refused for waiting
+out the one before it (large bodies, a few clients). One that has waited too long is shed as
+`queue_timeout`; one whose expected wait in the queue (its place times the service time, over
+the slots) is already too long, as `queue_full`. The body is read before a slot is taken: a
+slot is for the work that does not yield (decode, score, answer).
 
 Only scoring requests (POST) are gated: probes, metadata and `/metrics` cost little and must
 answer while the scoring routes are saturated, and they are neither counted nor shed.
 
-The request deadline (`request_timeout`) runs from arrival and covers the queue wait and the
-body read (every `receive` of the body): past it the answer is 504 (RequestTimeout), with
+The request deadline (`request_timeout`) runs from arrival and covers the body read and the
+wait for a slot: past it the answer is 504 (RequestTimeout), with
 `Connection: close`, since the rest of the body would otherwise still be on its way. Scoring
 itself runs without yielding, so a deadline could not interrupt it anyway.
 """
@@ -56,7 +57,7 @@ TICK_SECONDS = 0.005  # how often the event loop's lateness is measured
 @dataclass(frozen=True)
 class AdmissionLimits:
     max_inflight: int = 4  # scoring requests per worker at once
-    max_queue_wait: float = 0.01  # seconds a request may wait (at least twice its service time)
+    max_queue_wait: float = 0.005  # seconds a request may wait (at least twice its service time)
     request_timeout: float = 30.0  # seconds from arrival to the body fully read; 0: none
 
     def __post_init__(self) -> None:
@@ -103,11 +104,12 @@ class Admission:
         if self.ticker is None:
             self._tick(now)
         # its wait so far: since its headers were read, and before that, unseen in the
-        # kernel's buffers, about as long as the event loop is late, when requests crowd in
-        # (a lone request after a pause, a collection say, is not overload)
-        crowded = self.pending is not None and self.pending() > self.limits.max_inflight
-        waited = now - arrived + (self.lag if crowded else 0.0)
+        # kernel's buffers, about as long as the event loop is late, when requests crowd in:
+        # when those already read would take longer than the allowed wait to get through (a
+        # few clients after a pause, a garbage collection say, are not overload)
         allowed = self._allowed_wait(now)
+        crowded = self.pending is not None and self.pending() * self.service > allowed
+        waited = now - arrived + (self.lag if crowded else 0.0)
         if waited > allowed:  # late already: refused before its body is read
             await self._refuse(scope, send, "queue_timeout", deadline)
             return
