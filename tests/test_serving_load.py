@@ -371,7 +371,12 @@ def test_four_times_the_sustainable_rate_is_shed_with_503_while_probes_answer(
         for reason in ("queue_full", "queue_timeout")
     )
     closed_loops = warm + sustained + after  # (saturating too: they may be shed as well)
-    assert shed_total == statuses[503] + sum(a.status == 503 for a in closed_loops)
+    all_shed = statuses[503] + sum(a.status == 503 for a in closed_loops)
+    assert shed_total == all_shed
+    # refused as they were read or by the gate, each is in the requests' count, by its route
+    assert (
+        metric(text, "winequality_requests_total", route="/invocations", status="503") == all_shed
+    )
     assert (
         metric(text, "winequality_requests_total", route="/health/ready", status="200")
         >= len(probes) // 3

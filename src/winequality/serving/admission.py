@@ -19,6 +19,11 @@ out the one before it (large bodies, a few clients). One that has waited too lon
 the slots) is already too long, as `queue_full`. The body is read before a slot is taken: a
 slot is for the work that does not yield (decode, score, answer).
 
+Most refusals under overload are made earlier still: `serving.connections` asks `shed_early`
+as each POST's headers are read, and when the work of the requests read before it (plus the
+loop's lateness) already passes the allowed wait, the 503 is written there and then, before
+the turn's scoring, instead of after it; its task only records it (`serving.recorder`).
+
 Only scoring requests (POST) are gated: probes, metadata and `/metrics` cost little and must
 answer while the scoring routes are saturated, and they are neither counted nor shed.
 
@@ -157,6 +162,29 @@ class Admission:
     def _queued(self) -> int:
         return sum(not slot.done() for slot in self.waiting)
 
+    def shed_early(self, scope: Any) -> bytes | None:
+        """Asked by `serving.connections` as a POST's headers are read, before its task runs:
+        the 503 body to send at once when its wait is already sure to pass the allowed one
+        (the work of the requests read before it, plus the loop's lateness when crowded), so
+        the refusal does not wait for the turn's scoring; else None (the gate decides later)."""
+        if self.pending is None or self.ticker is None:
+            return None
+        allowed = self._allowed_wait(0.0)
+        pending = self.pending()
+        crowded = pending * self.service > allowed
+        if not crowded or (pending - 1) * self.service + self.lag <= allowed:
+            return None
+        self._name_route(scope)
+        if self.observer is not None:
+            self.observer.shed("queue_full")
+        return V2_SHED_BODY if is_v2(scope["path"]) else SHED_BODY
+
+    def _name_route(self, scope: Any) -> None:
+        for route in self.routes:  # the access log and metrics name the route it asked for
+            if route.matches(scope)[0] is Match.FULL:
+                scope["route"] = route
+                return
+
     def _allowed_wait(self, now: float) -> float:
         """`max_queue_wait`, or twice the time a request takes once admitted if longer: a
         request is not refused for waiting out the one before it (large bodies, a few
@@ -219,10 +247,7 @@ class Admission:
         self.inflight -= 1
 
     async def _shed(self, scope: Any, send: Any, reason: str) -> None:
-        for route in self.routes:  # the access log and metrics name the route it asked for
-            if route.matches(scope)[0] is Match.FULL:
-                scope["route"] = route
-                break
+        self._name_route(scope)
         if self.observer is not None:
             self.observer.shed(reason)
         body = V2_SHED_BODY if is_v2(scope["path"]) else SHED_BODY

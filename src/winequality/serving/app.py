@@ -177,6 +177,8 @@ def create_app(
         pending=None if connections is None else connections.pending_requests,
         max_body=max_body_bytes,
     )
+    if connections is not None:
+        connections.shed_early = gate.shed_early
     if server_metrics is not None:
         server_metrics.count_inflight = lambda: gate.inflight
         if connections is not None:

@@ -21,6 +21,9 @@ So each worker's HTTP protocol is uvicorn's httptools protocol with three additi
   has sent nothing yet, and the backlog's share of files is used up too, is the newcomer
   turned away).
 
+The protocol also answers a POST the admission gate refuses as it is read (`_answer_now`:
+the 503 written in the same turn of the loop, its body then read and dropped).
+
 Deadlines are checked by one sweep every SWEEP_SECONDS over the incomplete connections only,
 not a timer per connection. The hooks used (`connection_made`, `connection_lost`,
 `on_message_begin`, `on_headers_complete`, `on_body`, `on_message_complete`,
@@ -39,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from winequality.serving.http import ARRIVED_KEY
+from winequality.serving.admission import SHED_HEADERS
+from winequality.serving.http import ANSWERED_KEY, ARRIVED_KEY
 
 __all__ = ["ConnectionGuard", "ConnectionLimits", "GuardedProtocol", "guarded_protocol"]
 
@@ -108,6 +112,8 @@ class ConnectionGuard:
         self.idle: dict[GuardedProtocol, None] = {}
         self.sweeper: asyncio.TimerHandle | None = None
         self.report: Callable[[str], None] | None = None  # the metrics' connection_closed
+        # the admission gate's early refusal (serving.admission.Admission.shed_early)
+        self.shed_early: Callable[[Any], bytes | None] | None = None
         self.closed: dict[str, int] = {}  # by reason, for the tests and the bench
         self.pending = 0  # POST requests read (headers in) and not yet answered
 
@@ -220,12 +226,40 @@ class GuardedProtocol(HttpToolsProtocol):
         # when it arrived: its wait for the event loop counts as queueing (serving.admission)
         self.scope[ARRIVED_KEY] = now  # type: ignore[literal-required]
         super().on_headers_complete()
-        if self.scope["method"] == "POST" and not self.counted:
-            self.counted = True
-            self.guard.pending += 1
         self.phase, self.since, self.swept = BODY, now, now
         self.received, self.reading = 0, 0.0
         self.guard.track(self, BODY)
+        if self.scope["method"] == "POST" and not self.counted:
+            self.counted = True
+            self.guard.pending += 1
+            shed = self.guard.shed_early
+            if shed is not None and not self.pipeline:  # (its task is started, not queued)
+                body = shed(self.scope)
+                if body is not None:
+                    self._answer_now(503, body, SHED_HEADERS)
+
+    def _answer_now(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """Answer the request just read from here, in this turn of the loop: its task, when
+        it runs, only records it (serving.recorder); its body is read and dropped."""
+        cycle = self.cycle
+        self.scope[ANSWERED_KEY] = status  # type: ignore[literal-required]
+        fields = [
+            *self.server_state.default_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ]
+        if not cycle.keep_alive:
+            fields.append((b"connection", b"close"))
+        content = [STATUS_LINE[status]]
+        for name, value in fields:
+            content += [name, b": ", value, b"\r\n"]
+        self.transport.write(b"".join([*content, b"\r\n", body]))
+        cycle.response_started = cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)

@@ -24,6 +24,7 @@ from winequality.errors import ClientGone, PayloadTooLarge, UnsupportedMedia, Wi
 from winequality.io import files
 
 __all__ = [
+    "ANSWERED_KEY",
     "ARRIVED_KEY",
     "DRAIN_LIMIT",
     "JSON",
@@ -48,6 +49,7 @@ DRAIN_LIMIT = 64 * 1024 * 1024  # read and drop this much of a body that is too 
 # What a request leaves in its ASGI scope for the pieces around it (the access log, metrics).
 VERSION_KEY, ROWS_KEY, REQUEST_ID_KEY = "winequality.version", "winequality.rows", "winequality.id"
 ARRIVED_KEY = "winequality.arrived"  # time.monotonic() when the request's headers were in
+ANSWERED_KEY = "winequality.answered"  # the status already sent by the protocol (a shed)
 log = logging.getLogger("winequality.serve")
 
 

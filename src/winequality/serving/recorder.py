@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from winequality.serving.http import REQUEST_ID_KEY
+from winequality.serving.http import ANSWERED_KEY, REQUEST_ID_KEY
 
 __all__ = ["Observer", "Recorder", "header"]
 
@@ -44,10 +44,11 @@ class Recorder:
             return
         start = time.perf_counter()
         scope[REQUEST_ID_KEY] = header(scope, b"x-request-id") or self._new_id()
-        if not self.observers:
+        answered = scope.get(ANSWERED_KEY)  # refused as it was read (serving.admission)
+        if not self.observers and answered is None:
             await self.app(scope, receive, send)
             return
-        status = 500  # unless a response starts: the app failed before answering
+        status = answered or 500  # unless a response starts: the app failed before answering
 
         async def sending(message: Any) -> None:
             nonlocal status
@@ -56,7 +57,8 @@ class Recorder:
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            if answered is None:
+                await self.app(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - start
             matched = scope.get("route")  # set by Starlette's router (a 405 matches too)
