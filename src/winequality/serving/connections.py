@@ -114,14 +114,12 @@ class ConnectionGuard:
         self.report: Callable[[str], None] | None = None  # the metrics' connection_closed
         # the admission gate's early refusal (serving.admission.Admission.shed_early)
         self.shed_early: Callable[[Any], bytes | None] | None = None
-        self.closed: dict[str, int] = {}  # by reason, for the tests and the bench
         self.pending = 0  # POST requests read (headers in) and not yet answered
 
     def pending_requests(self) -> int:
         return self.pending
 
     def closing(self, reason: str) -> None:
-        self.closed[reason] = self.closed.get(reason, 0) + 1
         if self.report is not None:
             self.report(reason)
 
