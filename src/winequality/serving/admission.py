@@ -112,9 +112,8 @@ class Admission:
         # kernel's buffers, about as long as the event loop is late, when requests crowd in:
         # when those already read would take longer than the allowed wait to get through (a
         # few clients after a pause, a garbage collection say, are not overload)
-        allowed = self._allowed_wait(now)
-        crowded = self.pending is not None and self.pending() * self.service > allowed
-        waited = now - arrived + (self.lag if crowded else 0.0)
+        allowed = self._allowed_wait()
+        waited = now - arrived + (self.lag if self._crowded(allowed) else 0.0)
         if waited > allowed:  # late already: refused before its body is read
             await self._refuse(scope, send, "queue_timeout", deadline)
             return
@@ -169,23 +168,17 @@ class Admission:
         the refusal does not wait for the turn's scoring; else None (the gate decides later)."""
         if self.pending is None or self.ticker is None:
             return None
-        allowed = self._allowed_wait(0.0)
-        pending = self.pending()
-        crowded = pending * self.service > allowed
-        if not crowded or (pending - 1) * self.service + self.lag <= allowed:
+        allowed = self._allowed_wait()
+        ahead = (self.pending() - 1) * self.service  # the work read before it
+        if not self._crowded(allowed) or ahead + self.lag <= allowed:
             return None
-        self._name_route(scope)
-        if self.observer is not None:
-            self.observer.shed("queue_full")
-        return V2_SHED_BODY if is_v2(scope["path"]) else SHED_BODY
+        return self._shed_answer(scope, "queue_full")
 
-    def _name_route(self, scope: Any) -> None:
-        for route in self.routes:  # the access log and metrics name the route it asked for
-            if route.matches(scope)[0] is Match.FULL:
-                scope["route"] = route
-                return
+    def _crowded(self, allowed: float) -> bool:
+        """The requests already read would take longer than the allowed wait to get through."""
+        return self.pending is not None and self.pending() * self.service > allowed
 
-    def _allowed_wait(self, now: float) -> float:
+    def _allowed_wait(self) -> float:
         """`max_queue_wait`, or twice the time a request takes once admitted if longer: a
         request is not refused for waiting out the one before it (large bodies, a few
         clients), and under sustained overload the wait stays a small multiple of the work."""
@@ -247,11 +240,17 @@ class Admission:
         self.inflight -= 1
 
     async def _shed(self, scope: Any, send: Any, reason: str) -> None:
-        self._name_route(scope)
+        await send_json(send, 503, self._shed_answer(scope, reason), SHED_HEADERS)
+
+    def _shed_answer(self, scope: Any, reason: str) -> bytes:
+        """A refusal counted, its route named (the router never saw it), and its body."""
+        for route in self.routes:
+            if route.matches(scope)[0] is Match.FULL:
+                scope["route"] = route
+                break
         if self.observer is not None:
             self.observer.shed(reason)
-        body = V2_SHED_BODY if is_v2(scope["path"]) else SHED_BODY
-        await send_json(send, 503, body, SHED_HEADERS)
+        return V2_SHED_BODY if is_v2(scope["path"]) else SHED_BODY
 
 
 def _replaying(messages: list[Any], receive: Any) -> Any:

@@ -54,10 +54,6 @@ RESERVE_FILES = 64  # kept for what a worker opens besides connections (model, m
 MIN_CONNECTIONS = 16
 MAX_BACKLOG = 2048  # uvicorn's default
 BODY_GRACE = 5.0  # seconds before a body's rate counts, when there is no header timeout
-TIMEOUT_408 = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-)
 TIMEOUT_BODY = b'{"error_code":"REQUEST_TIMEOUT","message":"the request headers took too long"}'
 
 HEADERS, BODY, BUSY, IDLE = "headers", "body", "busy", "idle"  # a connection's phase
@@ -241,18 +237,8 @@ class GuardedProtocol(HttpToolsProtocol):
         it runs, only records it (serving.recorder); its body is read and dropped."""
         cycle = self.cycle
         self.scope[ANSWERED_KEY] = status  # type: ignore[literal-required]
-        fields = [
-            *self.server_state.default_headers,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *headers,
-        ]
-        if not cycle.keep_alive:
-            fields.append((b"connection", b"close"))
-        content = [STATUS_LINE[status]]
-        for name, value in fields:
-            content += [name, b": ", value, b"\r\n"]
-        self.transport.write(b"".join([*content, b"\r\n", body]))
+        closing = [] if cycle.keep_alive else [(b"connection", b"close")]
+        self._write_answer(status, body, [*headers, *closing])
         cycle.response_started = cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:
@@ -303,8 +289,21 @@ class GuardedProtocol(HttpToolsProtocol):
         browser's speculative connection), then close."""
         between = self.cycle is None or self.cycle.response_complete  # (not mid-answer)
         if self.got_bytes and between and not self.transport.is_closing():
-            self.transport.write(TIMEOUT_408 % (len(TIMEOUT_BODY), TIMEOUT_BODY))
+            self._write_answer(408, TIMEOUT_BODY, [(b"connection", b"close")])
         self.transport.close()
+
+    def _write_answer(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A whole JSON answer written by the protocol itself (no ASGI cycle runs it)."""
+        fields = [
+            *self.server_state.default_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ]
+        content = [STATUS_LINE[status]]
+        for name, value in fields:
+            content += [name, b": ", value, b"\r\n"]
+        self.transport.write(b"".join([*content, b"\r\n", body]))
 
 
 def guarded_protocol(guard: ConnectionGuard) -> type[GuardedProtocol]:
