@@ -41,6 +41,8 @@ def test_every_module_is_covered() -> None:
         "drift",
         "errors",
         "evaluate",
+        "export",
+        "extras",
         "io",
         "io.bulk",
         "io.files",

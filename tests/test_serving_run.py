@@ -131,6 +131,9 @@ def two_workers(trained_model) -> tuple[subprocess.Popen, str]:
             Path(sys.executable).with_name("winequality"),
             "serve", "--model", trained_model.model_uri, "--port", str(port),
             "--workers", "2",
+            # 16 clients may all land on one worker: these tests are about the workers, not
+            # overload, so every client gets a slot (admission has tests of its own)
+            "--max-inflight", "16", "--max-queue-wait-ms", "2000",
             "--access-log", "off",  # hundreds of lines would fill a pipe nobody reads
         ],
         env=server_env(trained_model),

@@ -20,6 +20,7 @@ logged 500 with a request id in the server).
     ├── ModelLoadError          a model that does not resolve, or that we do not trust: exit 2, 503
     ├── RequestTimeout          a request not received in full before its deadline: HTTP 504
     ├── ClientGone              the client closed the connection before its answer: HTTP 499
+    ├── MissingExtra            a part of winequality this installation lacks (an extra): exit 2
     └── ModelCheckError         a logged model that fails its own round trip: exit 1, 500
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "DataError",
     "InputError",
     "Issue",
+    "MissingExtra",
     "ModelCheckError",
     "ModelLoadError",
     "NotFoundError",
@@ -143,6 +145,13 @@ class ClientGone(WinequalityError):
 
     http_status = 499
     error_code = "CLIENT_CLOSED_REQUEST"
+
+
+class MissingExtra(WinequalityError):
+    """A command or body type that needs an optional part (an extra) this installation lacks."""
+
+    http_status = 415  # the only one a server meets: a body type it cannot read
+    error_code = "UNSUPPORTED_MEDIA_TYPE"
 
 
 class ModelCheckError(WinequalityError):

@@ -37,6 +37,7 @@ __all__ = [
     "PICKLE_SWITCH",
     "TRUSTED_TYPES",
     "LoadedModel",
+    "download",
     "load",
     "load_local",
     "log_datasets",
@@ -275,26 +276,37 @@ def load(model_uri: str, store: str | None = None) -> LoadedModel:
     local = Path(model_uri).expanduser()
     if local.is_dir():
         return load_local(local, model_uri)
+    with tempfile.TemporaryDirectory(prefix="winequality-model-") as folder:
+        return load_local(download(model_uri, store, Path(folder)), model_uri)
+
+
+def download(model_uri: str, store: str | None, into: Path) -> Path:
+    """Download a model's folder under `into`; the folder holding its MLmodel file."""
     import mlflow
 
-    with tempfile.TemporaryDirectory(prefix="winequality-model-") as folder:
-        try:
-            # MLflow resolves `models:/` through the process-wide URI, not an argument
-            with tracking.activated(store) if store else contextlib.nullcontext():
-                path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)
-        except Exception as exc:
-            where = ""
-            if store is not None:
-                from winequality.tracking import describe
-
-                where = (
-                    f" (searched {describe(store)}; point at another store with "
-                    f"--tracking-uri or MLFLOW_TRACKING_URI)"
-                )
-            raise ModelLoadError(
-                f"cannot load model {model_uri}: {first_line(exc)}{where}"
-            ) from exc
-        return load_local(Path(path), model_uri)
+    try:
+        # MLflow resolves `models:/` through the process-wide URI, not an argument
+        with tracking.activated(store) if store else contextlib.nullcontext():
+            path = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(into))
+            )
+    except Exception as exc:
+        why, where = first_line(exc), ""
+        if store is not None:
+            with contextlib.suppress(Exception):  # the store itself failing: MLflow's words
+                why = tracking.missing_model(model_uri, store) or why
+            where = (
+                f" (searched {tracking.describe(store)}; point at another store with "
+                f"--tracking-uri or MLFLOW_TRACKING_URI)"
+            )
+        raise ModelLoadError(f"cannot load model {model_uri}: {why}{where}") from exc
+    if not (path / "MLmodel").is_file():
+        # a version registered from `runs:/<id>/model` (the tutorial's URI): MLflow 3 fetches
+        # the logged model it names into a folder of that name below the destination
+        found = [p.parent for p in path.glob("*/MLmodel")]
+        if len(found) == 1:
+            return found[0]
+    return path
 
 
 def load_local(local: Path, model_uri: str) -> LoadedModel:

@@ -46,6 +46,7 @@ __all__ = [
     "register",
     "register_logged",
     "registered_from",
+    "resolved_version",
     "rollback",
     "standing",
     "version_holding",
@@ -354,6 +355,31 @@ def _version(client: Any, name: str, version: str) -> Any:
 def _score(version: Any, metric: str) -> float:
     text = version.tags.get(f"test_{metric}")
     return float(text) if text else math.nan
+
+
+def resolved_version(
+    model_uri: str, tracking_uri: str | None = None, model_id: str | None = None
+) -> str | None:
+    """The registry version a `models:/` URI resolves to now (None for other URIs).
+
+    For an alias, the version it points to now; if that is not the model loaded (`model_id`:
+    the alias moved in between), the version that holds the loaded model, so the answers never
+    name a version they were not scored by (the follower then loads the alias's new target).
+    """
+    parts = tracking.RegistryUri.parse(model_uri)
+    if parts is None:
+        return None
+    if parts.version is not None:
+        return parts.version
+    assert parts.alias is not None
+    client = tracking.client(tracking_uri)
+    version = alias_version(client, parts.name, parts.alias)
+    if model_id is None or version is None:
+        return version
+    source = registered_from(client.get_model_version(parts.name, version))
+    if source is None or source == model_id:  # (None: a version that cannot tell)
+        return version
+    return version_holding(client, parts.name, model_id)
 
 
 def version_holding(client: Any, name: str, model_id: str) -> str | None:

@@ -8,7 +8,6 @@ costs a dot product. Knows nothing about files or HTTP.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from winequality import logged_model, schema, tracking
-from winequality.errors import ModelLoadError
 from winequality.logged_model import LoadedModel
 
 __all__ = ["Scorer", "fold_linear", "load_scorer"]
@@ -82,20 +80,7 @@ def load_scorer(model_uri: str, tracking_uri: str | None = None) -> Scorer:
     store = None
     if not Path(model_uri).expanduser().is_dir():  # registry and run URIs need the store
         store = tracking.connect(tracking_uri, create=False)
-    try:
-        return Scorer.of(logged_model.load(model_uri, store))
-    except ModelLoadError as exc:
-        if store is None:
-            raise
-        hint = None
-        with contextlib.suppress(Exception):  # the store itself failing: MLflow's words
-            hint = tracking.missing_model(model_uri, store)
-        if hint is None:
-            raise
-        raise ModelLoadError(
-            f"cannot load model {model_uri}: {hint} (searched {tracking.describe(store)}; "
-            "point at another store with --tracking-uri or MLFLOW_TRACKING_URI)"
-        ) from exc
+    return Scorer.of(logged_model.load(model_uri, store))  # a missing one: what the store has
 
 
 def fold_linear(estimator: Any) -> tuple[np.ndarray, float] | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from winequality.errors import TrackingError, first_line
+from winequality.extras import require
 
 __all__ = [
     "CHALLENGER",
@@ -137,6 +138,10 @@ def preflight(uri: str, timeout: float = 5.0, *, create: bool = True) -> None:
     an error rather than something to create.
     """
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        # MLflow's SQL stores come with its server package (the `train` extra); the base
+        # install (the container image) reaches a tracking server over HTTP instead
+        require("sqlalchemy", f"the tracking store {redact(uri)}")
     if scheme in ("http", "https"):
         import requests
 

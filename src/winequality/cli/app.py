@@ -8,14 +8,16 @@ import os
 from collections.abc import Callable
 from enum import StrEnum
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from winequality.errors import WinequalityError
 from winequality.evaluate import PROTOCOLS
+from winequality.extras import missing_extra
 from winequality.model import FAMILIES
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ __all__ = [
     "WineOption",
     "app",
     "err",
+    "fail",
     "guard",
     "metrics_table",
     "number",
@@ -121,8 +124,18 @@ def guard(action: Callable[[], T]) -> T:
     try:
         return action()
     except WinequalityError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True)
-        raise typer.Exit(exc.exit_code) from None
+        fail(exc)
+    except ModuleNotFoundError as exc:  # a part of an extra this installation lacks
+        lacking = missing_extra(exc, "this command")
+        if lacking is None:
+            raise  # a bug: keeps its traceback
+        fail(lacking)
+
+
+def fail(exc: WinequalityError) -> NoReturn:
+    """A deliberate error as one red block, and its exit code."""
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)  # its [..] are text
+    raise typer.Exit(exc.exit_code) from None
 
 
 def warn(message: str) -> None:

@@ -1,4 +1,4 @@
-"""`winequality serve`."""
+"""`winequality serve`, and `export`, which readies a model folder for an image to serve."""
 
 from __future__ import annotations
 
@@ -11,22 +11,53 @@ import typer
 if TYPE_CHECKING:
     pass
 
-from winequality.cli.app import ModelOption, Switch, TrackingOption, app, err, guard, warn
+from winequality.cli.app import ModelOption, Switch, TrackingOption, app, err, guard, out, warn
 
-__all__ = ["TOKEN_ENV", "serve"]
+__all__ = ["ENV_PREFIX", "TOKEN_ENV", "export", "serve"]
 
 
 TOKEN_ENV = "WINEQUALITY_TOKEN"
+# serve's settings a container sets from its environment (--model: WINEQUALITY_MODEL, …)
+ENV_PREFIX = "WINEQUALITY_"
+
+
+def _env(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+ServedModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        envvar=_env("model"),
+        show_envvar=True,
+        help="runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version>, "
+        "models:/m-<id> or a folder (`winequality export` makes one).",
+    ),
+]
 
 
 @app.command(short_help="Serve a model over HTTP (MLflow's protocol and V2, a page, OpenAPI).")
 def serve(
-    model: ModelOption,
+    model: ServedModelOption,
     host: Annotated[
-        str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network.")
+        str,
+        typer.Option(
+            envvar=_env("host"),
+            show_envvar=True,
+            help="Interface; 0.0.0.0 exposes it to the network.",
+        ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8080,
-    workers: Annotated[int, typer.Option(min=1, help="Processes, each with the model.")] = 1,
+    port: Annotated[
+        int,
+        typer.Option(min=0, max=65535, envvar=_env("port"), show_envvar=True, help="TCP port."),
+    ] = 8080,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, envvar=_env("workers"), show_envvar=True, help="Processes, each with the model."
+        ),
+    ] = 1,
     max_body_mb: Annotated[float, typer.Option(help="Larger bodies get 413.")] = 8.0,
     allow_out_of_range: Annotated[
         bool,
@@ -68,6 +99,8 @@ def serve(
         float,
         typer.Option(
             min=0,
+            envvar=_env("drain-delay"),
+            show_envvar=True,
             help="After SIGTERM or Ctrl+C, keep serving this many seconds with readiness 503 "
             "and Connection: close, so that load balancers stop sending first (Kubernetes: a "
             "readiness probe's period times its failure threshold).",
@@ -77,6 +110,8 @@ def serve(
         int,
         typer.Option(
             min=0,
+            envvar=_env("shutdown-timeout"),
+            show_envvar=True,
             help="Then wait at most this many seconds for requests in flight. A second "
             "signal stops at once (exit 130).",
         ),
@@ -183,3 +218,33 @@ def _read_token(path: Path | None) -> str | None:
     if not token:
         raise ParameterError(f"--token-file {path} is empty")
     return token
+
+
+@app.command(short_help="Copy a model, checked, into a folder an image bakes in.")
+def export(
+    model: ModelOption,
+    out_folder: Annotated[
+        Path, typer.Option("--out", help="The folder to write (created; must be empty).")
+    ],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite a folder that is not empty.")
+    ] = False,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Copy a model into a folder that `winequality serve --model FOLDER` serves with no
+    tracking server: checked as the server checks it (the wine schema's signature, skops, its
+    reference profile, its input example scored), with where it came from. The Containerfile's
+    `baked` target copies it into the image."""
+    from winequality.export import export_model
+
+    exported = guard(
+        lambda: export_model(model, out_folder, tracking_uri=tracking_uri, replace=replace)
+    )
+    origin = [
+        f"version {exported.version} of {exported.registered_model}" if exported.version else "",
+        f"run {exported.run_id}" if exported.run_id else "",
+        f"model {exported.model_id}" if exported.model_id else "",
+    ]
+    err.print(f"exported {model} ({', '.join(o for o in origin if o)})")
+    err.print("checked: the wine schema's signature, skops, reference profile, input example")
+    out.print(str(out_folder), soft_wrap=True)

@@ -2,7 +2,8 @@
 answers them, with the signature enforced.
 
 A JSON body is MLflow's protocol (`io.protocol`); CSV and Parquet bodies go through the same
-reader as files (`io.reader`). Every cell is checked against the feature schema; every problem
+reader as files (`io.reader`, Arrow's: an installation without the `files` extra answers them
+415, naming it). Every cell is checked against the feature schema; every problem
 is listed, by row and column, in one 422. Rows beyond the model's training range are scored and
 named in `warnings` (`serving.scoring`, which every protocol shares).
 """
@@ -17,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from winequality.errors import SchemaError
-from winequality.io import files, protocol, reader
+from winequality.extras import missing_extra
+from winequality.io import files, protocol
 from winequality.schema import FeatureIssue
 from winequality.serving.follower import ModelFollower
 from winequality.serving.http import JSON, ROWS_KEY, VERSION_KEY, media_type, read_body
@@ -38,6 +40,13 @@ def decode_body(
         if not checked.ok:
             raise SchemaError(checked.errors, what="the input")
         return checked.features, checked.warnings
+    try:  # Arrow's readers: the `files` extra, which the container image leaves out
+        from winequality.io import reader
+    except ModuleNotFoundError as exc:
+        lacking = missing_extra(exc, f"a {mime} body")
+        if lacking is None:
+            raise
+        raise lacking from None
     source = reader.open_bytes(body, mime, "the input", allow_out_of_range, cite_lines=False)
     whole = source.check_all()
     return whole.features, whole.warnings

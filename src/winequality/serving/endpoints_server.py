@@ -34,7 +34,7 @@ class ServerEndpoints:
         self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
         versions = {
             "winequality": version("winequality"),
-            "mlflow": version("mlflow"),
+            "mlflow": version("mlflow-skinny"),  # the `mlflow` module, whichever install
             "scikit-learn": version("scikit-learn"),
         }
         self.versions = orjson.dumps(versions)

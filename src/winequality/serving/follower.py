@@ -8,12 +8,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from winequality import registry, tracking
 from winequality.errors import first_line
+from winequality.export import read_export
 from winequality.scoring import Scorer, load_scorer
 from winequality.serving import heap
 
@@ -55,26 +57,16 @@ class ServedModel:
 def served_version(
     model_uri: str, tracking_uri: str | None = None, model_id: str | None = None
 ) -> str | None:
-    """The registry version of the model loaded from a `models:/` URI (None for other URIs).
+    """The registry version of the model loaded from `model_uri` (None when it names none).
 
-    For an alias, the version it points to now; if that is not the model loaded (`model_id`:
-    the alias moved in between), the version that holds the loaded model, so the answers never
-    name a version they were not scored by (the follower then loads the alias's new target).
+    A folder made by `winequality export` names the version it was exported from; a `models:/`
+    URI is asked of the registry (`registry.resolved_version`).
     """
-    parts = tracking.RegistryUri.parse(model_uri)
-    if parts is None:
-        return None
-    if parts.version is not None:
-        return parts.version
-    assert parts.alias is not None
-    client = tracking.client(tracking_uri)
-    version = tracking.alias_version(client, parts.name, parts.alias)
-    if model_id is None or version is None:
-        return version
-    source = registry.registered_from(client.get_model_version(parts.name, version))
-    if source is None or source == model_id:  # (None: a version that cannot tell)
-        return version
-    return registry.version_holding(client, parts.name, model_id)
+    local = Path(model_uri).expanduser()
+    if local.is_dir():
+        exported = read_export(local)
+        return exported.version if exported else None
+    return registry.resolved_version(model_uri, tracking_uri, model_id)
 
 
 class ModelFollower:
