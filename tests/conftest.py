@@ -33,6 +33,22 @@ REQUIRE_TIERS = "WINEQUALITY_REQUIRE_TIERS"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def _serve_settings_from_the_environment() -> list[str]:
+    from typer.main import get_command
+
+    from winequality.cli import TOKEN_ENV, app
+
+    serve = get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    return [p.envvar for p in serve.params if isinstance(p.envvar, str)] + [TOKEN_ENV]
+
+
+# `winequality serve` takes settings from the environment (the image sets them): a stray
+# WINEQUALITY_PORT in a developer's shell must not change what the tests run, in process or in
+# the processes they start.
+for _name in _serve_settings_from_the_environment():
+    os.environ.pop(_name, None)
+
+
 def tier_unavailable(tier: str, missing: str, how: str) -> None:
     """Skip (or, where tiers are required, fail) in one line: what is missing, how to get it."""
     message = f"{tier} tier: {missing}; {how}"

@@ -207,18 +207,21 @@ def problems(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
     if settings.get("port") not in ports.values():
         found.append(f"the server listens on {settings.get('port')}, not a container port")
     drain, shutdown = settings["drain_delay"], settings["shutdown_timeout"]
-    for flag in ("--drain-delay", "--shutdown-timeout"):
-        name = OPTIONS[flag].name
-        if settings[name] != defaults[name]:
-            found.append(f"{flag} {settings[name]} is not the image's default")
-    grace = pod.get("terminationGracePeriodSeconds", 30)
-    pre_stop = container.get("lifecycle", {}).get("preStop")
+    pre_stop = pre_stop_seconds(container)
     if pre_stop and drain:
         found.append("both a preStop hook and --drain-delay wait: one of the two")
-    if grace < drain + shutdown + MARGIN:
-        found.append(f"terminationGracePeriodSeconds {grace} < drain {drain} + shutdown {shutdown}")
+    wait = pre_stop or drain  # what keeps the pod answering while endpoints drop it
+    expected = {"drain_delay": 0.0 if pre_stop else defaults["drain_delay"],
+                "shutdown_timeout": defaults["shutdown_timeout"]}  # fmt: skip
+    for flag in ("--drain-delay", "--shutdown-timeout"):
+        name = OPTIONS[flag].name
+        if settings[name] != expected[name] and not (name == "drain_delay" and pre_stop):
+            found.append(f"{flag} {settings[name]} is not the image's default")
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if grace < wait + shutdown + MARGIN:
+        found.append(f"terminationGracePeriodSeconds {grace} < wait {wait} + shutdown {shutdown}")
     readiness = container["readinessProbe"]
-    if readiness.get("periodSeconds", 10) * readiness.get("failureThreshold", 3) > drain:
+    if readiness.get("periodSeconds", 10) * readiness.get("failureThreshold", 3) > wait:
         found.append("the readiness probe cannot see the drain before it ends")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         if probe not in container:
@@ -236,6 +239,15 @@ def problems(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
     if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
         found.append("no emptyDir at /tmp, the one place the server writes")
     return found
+
+
+def pre_stop_seconds(container: dict[str, Any]) -> float:
+    """How long a preStop hook sleeps (Kubernetes' sleep action or `sleep N`), else 0."""
+    hook = container.get("lifecycle", {}).get("preStop") or {}
+    if "sleep" in hook:
+        return float(hook["sleep"]["seconds"])
+    command = hook.get("exec", {}).get("command", [])
+    return float(command[1]) if command[:1] == ["sleep"] else 0.0
 
 
 def serving_pods() -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -258,17 +270,35 @@ def test_the_check_finds_what_does_not_match() -> None:
     container["args"][container["args"].index("--shutdown-timeout") + 1] = "40"
     container["lifecycle"] = {"preStop": {"sleep": {"seconds": 5}}}
     container["readinessProbe"]["periodSeconds"] = 10
+    container["livenessProbe"]["httpGet"]["port"] = 9999
     container["securityContext"]["readOnlyRootFilesystem"] = False
+    container["volumeMounts"] = []
     pod["securityContext"]["runAsUser"] = 0
     assert problems(pod, container) == [
         "unknown flag --drain-dalay",
         "unknown variable WINEQUALITY_PROT",
-        "--shutdown-timeout 40 is not the image's default",
         "both a preStop hook and --drain-delay wait: one of the two",
-        "terminationGracePeriodSeconds 30 < drain 5.0 + shutdown 40",
+        "--shutdown-timeout 40 is not the image's default",
+        "terminationGracePeriodSeconds 30 < wait 5.0 + shutdown 40",
         "the readiness probe cannot see the drain before it ends",
+        "the livenessProbe asks port 9999",
         "runs as 0, not the image's user 10001",
         "the root filesystem is writable",
+        "no emptyDir at /tmp, the one place the server writes",
+    ]
+    pod, container = copy.deepcopy(serving_pods()[0])
+    next(e for e in container["env"] if e["name"] == "WINEQUALITY_PORT")["value"] = "9090"
+    assert problems(pod, container)[0] == "the server listens on 9090, not a container port"
+
+
+def test_a_pre_stop_sleep_may_wait_instead_of_the_drain() -> None:
+    pod, container = copy.deepcopy(serving_pods()[0])
+    container["args"][container["args"].index("--drain-delay") + 1] = "0"
+    container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert problems(pod, container) == []
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": 10}}}
+    assert problems(pod, container) == [
+        "terminationGracePeriodSeconds 30 < wait 10.0 + shutdown 20"
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +49,30 @@ def test_an_alias_exports_into_a_folder_that_serves_as_its_version(trained_model
     assert leftovers(tmp_path) == []
 
 
-def test_a_folder_that_is_not_empty_is_kept_unless_replaced(trained_model, tmp_path) -> None:
+def test_a_folder_that_is_not_empty_is_kept_unless_an_earlier_export_replaced(
+    trained_model, tmp_path
+) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    refused = export(trained_model, "--model", "models:/wine-test/1", "--out", str(folder))
-    assert refused.exit_code == 2
-    assert "is not empty (--replace overwrites it)" in refused.stderr
-    assert (folder / "notes.txt").read_text() == "mine"
+    for extra in ([], ["--replace"]):  # not an export: never overwritten
+        refused = export(trained_model, "--model", "models:/wine-test/1", "--out", str(folder),
+                         *extra)  # fmt: skip
+        assert refused.exit_code == 2
+        assert (folder / "notes.txt").read_text() == "mine"
+    assert "--replace only overwrites such a folder" in refused.stderr
 
+    (folder / "notes.txt").unlink()
+    first = export(trained_model, "--model", "models:/wine-test/1", "--out", str(folder))
+    assert first.exit_code == 0, first.output
+    (folder / "stale.txt").write_text("from before")
+    again = export(trained_model, "--model", "models:/wine-test/1", "--out", str(folder))
+    assert again.exit_code == 2
+    assert "is not empty (--replace overwrites it)" in again.stderr
     replaced = export(trained_model, "--model", "models:/wine-test/1", "--out", str(folder),
                       "--replace")  # fmt: skip
     assert replaced.exit_code == 0, replaced.output
-    assert not (folder / "notes.txt").exists()
+    assert not (folder / "stale.txt").exists()
     assert (folder / "MLmodel").is_file()
     assert leftovers(tmp_path) == []
 
@@ -106,17 +118,41 @@ def test_an_unknown_model_names_the_store_and_leaves_nothing(trained_model, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_export_copies_a_folder_with_its_files_readable_by_all(trained_model, tmp_path) -> None:
-    source = tmp_path / "source"
-    assert (
-        export(trained_model, "--model", trained_model.model_uri, "--out", str(source)).exit_code
-        == 0
-    )
-    out = tmp_path / "copy"
-    done = runner.invoke(app, ["export", "--model", str(source), "--out", str(out)])
+def test_every_exported_file_is_readable_by_all_whatever_the_umask(trained_model, tmp_path) -> None:
+    """The image's non-root user reads what root exported under a strict umask."""
+    source, out = tmp_path / "source", tmp_path / "deeper" / "copy"
+    previous = os.umask(0o077)
+    try:
+        assert export(trained_model, "--model", trained_model.model_uri, "--out",
+                      str(source)).exit_code == 0  # fmt: skip
+        done = runner.invoke(app, ["export", "--model", str(source), "--out", str(out)])
+    finally:
+        os.umask(previous)
     assert done.exit_code == 0, done.output
-    assert (out.stat().st_mode & 0o755) == 0o755  # an image's non-root user reads it
+    for folder in (source, out):
+        entries = [folder, *folder.rglob("*")]
+        assert len(entries) > 5
+        for path in entries:
+            expected = 0o755 if path.is_dir() else 0o644
+            assert path.stat().st_mode & 0o777 == expected, path
     assert read_export(out).source == str(source)
+
+
+def test_a_failed_export_leaves_no_folder_it_created(trained_model, tmp_path) -> None:
+    out = tmp_path / "new" / "deeper" / "model"
+    done = export(trained_model, "--model", "models:/wine-test@nobody", "--out", str(out))
+    assert done.exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_provenance_written_by_a_newer_version_still_reads(trained_model, tmp_path) -> None:
+    folder = tmp_path / "model"
+    assert (
+        export(trained_model, "--model", "models:/wine-test/1", "--out", str(folder)).exit_code == 0
+    )
+    data = json.loads((folder / EXPORT_FILE).read_text())
+    (folder / EXPORT_FILE).write_text(json.dumps({**data, "signed_by": "a later field"}))
+    assert read_export(folder).version == "1"
 
 
 def test_a_version_registered_from_the_tutorials_runs_uri_loads_and_exports(
@@ -134,3 +170,29 @@ def test_a_version_registered_from_the_tutorials_runs_uri_loads_and_exports(
     done = export(trained_model, "--model", uri, "--out", str(tmp_path / "model"))
     assert done.exit_code == 0, done.output
     assert read_export(tmp_path / "model").version == version
+
+
+def test_an_exported_folder_serves_under_its_registered_name(trained_model, tmp_path) -> None:
+    import httpx
+
+    from tests.conftest import ServerThread
+    from winequality.serving import create_app
+
+    folder = tmp_path / "model"
+    assert (
+        export(trained_model, "--model", "models:/wine-test/1", "--out", str(folder)).exit_code == 0
+    )
+    with ServerThread(create_app(load_scorer(str(folder)), model_uri=str(folder))) as url:
+        assert httpx.get(url + "/v2/models/wine-test").status_code == 200
+        assert httpx.get(url + "/health").json()["model_version"] == "1"
+
+
+def test_serve_refuses_an_unreadable_provenance_before_listening(trained_model, tmp_path) -> None:
+    folder = tmp_path / "model"
+    assert (
+        export(trained_model, "--model", "models:/wine-test/1", "--out", str(folder)).exit_code == 0
+    )
+    (folder / EXPORT_FILE).write_text("{not json")
+    done = runner.invoke(app, ["serve", "--model", str(folder), "--port", "1"])
+    assert done.exit_code == 2
+    assert f"unreadable {EXPORT_FILE}" in done.stderr

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -316,3 +317,25 @@ def test_a_second_signal_ends_at_once_with_130_and_the_access_log_written(
     lines = [json.loads(line) for line in (tmp_path / "stderr").read_bytes().splitlines()
              if line.startswith(b"{")]  # fmt: skip
     assert sum(line["path"] == "/invocations" for line in lines) == 7
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_model_loads_stops_like_ctrl_c() -> None:
+    """As a container's PID 1, a signal with no handler is dropped: SIGTERM must stop a start
+    that hangs (here on a tracking server that accepts and never answers) as Ctrl+C does."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(60)
+        process = subprocess.Popen(
+            [Path(sys.executable).with_name("winequality"), "serve",
+             "--model", "models:/wine@champion", "--port", str(free_port()),
+             "--tracking-uri", f"http://127.0.0.1:{silent.getsockname()[1]}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        connection, _ = silent.accept()  # the command is asking the tracking server: loading
+        with connection:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr

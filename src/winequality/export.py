@@ -11,10 +11,11 @@ The folder appears whole or not at all: files are written beside it and renamed 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -48,15 +49,20 @@ class Exported:
 
 
 def read_export(folder: Path) -> Exported | None:
-    """The provenance of an exported folder, or None (a folder not made by `export_model`)."""
+    """The provenance of an exported folder, or None (a folder not made by `export_model`).
+
+    Fields this version does not know (written by a newer one) are ignored.
+    """
     import orjson
 
     path = folder / EXPORT_FILE
     if not path.is_file():
         return None
     try:
-        return Exported(**orjson.loads(path.read_bytes()))
-    except (orjson.JSONDecodeError, TypeError) as exc:
+        data = orjson.loads(path.read_bytes())
+        known = {f.name for f in fields(Exported)}
+        return Exported(**{key: data.get(key) for key in known})
+    except (OSError, orjson.JSONDecodeError, AttributeError) as exc:
         raise ModelLoadError(f"{folder}: unreadable {EXPORT_FILE}: {first_line(exc)}") from exc
 
 
@@ -69,49 +75,75 @@ def export_model(
 ) -> Exported:
     """Copy the model `model_uri` into `folder`, checked, with its provenance; return it.
 
-    Refuses a folder that exists and is not empty unless `replace`, and a model without its
-    reference profile (the server's drift monitoring needs it).
+    Refuses a folder that exists and is not empty unless `replace` and it holds an earlier
+    export (never anything else), and a model without its reference profile (the server's
+    drift monitoring needs it). Every file is made readable by all (0644, folders 0755): an
+    image's non-root user reads it whatever the umask was. On any failure nothing is left:
+    not the staging folder, not a parent folder it created, and an earlier export is kept.
     """
-    import orjson
-
     folder = folder.expanduser().absolute()
     if folder.exists() and not folder.is_dir():
         raise ParameterError(f"--out {folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not replace:
-        raise ParameterError(f"--out {folder} is not empty (--replace overwrites it)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.is_dir() and any(folder.iterdir()):
+        if not replace:
+            raise ParameterError(f"--out {folder} is not empty (--replace overwrites it)")
+        if read_export(folder) is None:
+            raise ParameterError(
+                f"--out {folder} holds something other than a model `winequality export` "
+                "wrote; --replace only overwrites such a folder (choose an empty one)"
+            )
     local_source = Path(model_uri).expanduser().is_dir()
     store = None if local_source else tracking.connect(tracking_uri, create=False)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    created = [p for p in folder.parents if not p.exists()]  # removed again on failure
     try:
-        staging = _fetch(model_uri, store, work)
-        loaded = logged_model.load_local(staging, model_uri)
-        if loaded.profile is None:
-            raise ModelLoadError(
-                f"{model_uri} holds no reference profile ({PROFILE_FILE}); retrain it with "
-                "`winequality train` or `sweep`, which log one (the server's drift checks need it)"
-            )
-        _check_scores(loaded)
-        parts = tracking.RegistryUri.parse(model_uri)
-        registered = None
-        if store is not None and parts is not None:
-            registered = registry.resolved_version(model_uri, store, loaded.model_id)
-        exported = Exported(
-            source=model_uri,
-            registered_model=parts.name if parts else None,
-            version=registered,
-            run_id=loaded.run_id,
-            model_id=loaded.model_id,
-            exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            winequality=version("winequality"),
-        )
-        (staging / EXPORT_FILE).write_bytes(
-            orjson.dumps(exported.to_dict(), option=orjson.OPT_INDENT_2)
-        )
-        staging.chmod(0o755)  # (it may be mkdtemp's own 0700) an image's non-root user reads it
-        _swap_in(staging, folder)
-    finally:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as exc:
+        raise ParameterError(f"cannot write --out {folder}: {exc.strerror}") from None
+    try:
+        exported = _export(model_uri, store, work, folder)
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        for parent in created:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # (what the model's folder left in it, if any)
+    return exported
+
+
+def _export(model_uri: str, store: str | None, work: Path, folder: Path) -> Exported:
+    import orjson
+
+    staging = _fetch(model_uri, store, work)
+    loaded = logged_model.load_local(staging, model_uri)
+    if loaded.profile is None:
+        raise ModelLoadError(
+            f"{model_uri} holds no reference profile ({PROFILE_FILE}); retrain it with "
+            "`winequality train` or `sweep`, which log one (the server's drift checks need it)"
+        )
+    _check_scores(loaded)
+    parts = tracking.RegistryUri.parse(model_uri)
+    registered = None
+    if store is not None and parts is not None:
+        registered = registry.resolved_version(model_uri, store, loaded.model_id)
+    exported = Exported(
+        source=model_uri,
+        registered_model=parts.name if parts else None,
+        version=registered,
+        run_id=loaded.run_id,
+        model_id=loaded.model_id,
+        exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        winequality=version("winequality"),
+    )
+    (staging / EXPORT_FILE).write_bytes(
+        orjson.dumps(exported.to_dict(), option=orjson.OPT_INDENT_2)
+    )
+    _readable_by_all(staging)
+    try:
+        _swap_in(staging, folder)
+    except OSError as exc:
+        raise ParameterError(f"cannot write --out {folder}: {exc.strerror}") from None
     return exported
 
 
@@ -127,20 +159,34 @@ def _check_scores(loaded: logged_model.LoadedModel) -> None:
     """The model scores its own input example to finite numbers, as the server will."""
     from winequality.scoring import Scorer
 
-    if loaded.input_example is None:
-        raise ModelLoadError(f"{loaded.uri} holds no input example")
-    features = loaded.input_example[list(schema.FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    example = loaded.input_example
+    if example is None or not set(schema.FEATURE_NAMES) <= set(example.columns):
+        raise ModelLoadError(f"{loaded.uri} holds no input example with the wine features")
+    features = example[list(schema.FEATURE_NAMES)].to_numpy(dtype=np.float64)
     scores = Scorer.of(loaded).predict(features)
     if scores.shape != (len(features),) or not np.isfinite(scores).all():
         raise ModelCheckError(f"{loaded.uri} does not score its own input example: {scores}")
 
 
+def _readable_by_all(root: Path) -> None:
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def _swap_in(staging: Path, folder: Path) -> None:
-    """Put `staging` at `folder`; an existing folder is replaced only once the new one is whole."""
-    if not folder.exists():
+    """Put `staging` at `folder`; an earlier export is replaced only once the new one is whole,
+    and put back if the new one cannot take its place."""
+    if not folder.exists() or not any(folder.iterdir()):
+        if folder.exists():
+            folder.rmdir()  # empty: nothing to keep
         staging.rename(folder)
         return
     old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
     folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        staging.rename(folder)
+    except OSError:
+        old.rename(folder)
+        raise
+    shutil.rmtree(old)

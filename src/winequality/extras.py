@@ -17,9 +17,9 @@ __all__ = ["EXTRA_OF", "missing_extra", "require"]
 # A module an extra provides -> the extra (pyproject.toml's optional dependencies).
 EXTRA_OF = {
     "pyarrow": "files",
-    "mlflow.server": "train",
     "sqlalchemy": "train",  # MLflow's SQL stores: sqlite:///mlflow.db, postgresql://
     "alembic": "train",
+    "flask": "train",  # MLflow's server (`mlflow.server` imports it first)
     "optuna": "train",
     "matplotlib": "train",
     "psycopg": "train",
@@ -29,16 +29,22 @@ EXTRA_OF = {
 
 
 def missing_extra(exc: BaseException, needed_for: str) -> MissingExtra | None:
-    """The MissingExtra an import failure (or its cause) means, or None: then it is a bug."""
+    """The MissingExtra an import failure means, or None: then it is a bug.
+
+    Only a module an extra provides, and only when that package is truly absent: a broken
+    install of it (pyarrow without its CSV module) or a misspelt import of ours stays a bug.
+    An error raised *from* the import failure (`raise … from exc`) counts; one merely raised
+    while handling it does not.
+    """
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ModuleNotFoundError) and seen.name:
-            parts = seen.name.split(".")
-            for depth in range(len(parts), 0, -1):
-                extra = EXTRA_OF.get(".".join(parts[:depth]))
-                if extra is not None:
-                    return _missing(extra, seen.name, needed_for)
-        seen = seen.__cause__ or seen.__context__
+            top = seen.name.partition(".")[0]
+            extra = EXTRA_OF.get(top)
+            if extra is not None and importlib.util.find_spec(top) is None:
+                return _missing(extra, seen.name, needed_for)
+            return None
+        seen = seen.__cause__
     return None
 
 

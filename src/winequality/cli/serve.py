@@ -169,14 +169,24 @@ def serve(
     """Serve a model over HTTP: MLflow's /invocations protocol, the Open Inference Protocol
     (V2: /v2/models/NAME/infer), a page at /, OpenAPI,
     Prometheus metrics and drift; follows a registry alias."""
+    import signal
+
     from winequality.scoring import load_scorer
     from winequality.serving import AdmissionLimits, ConnectionLimits, ServerSettings, check_port
     from winequality.serving import serve as run_server
     from winequality.tracking import resolve_uri
 
+    # SIGTERM is Ctrl+C until the server's drain takes both over: as a container's PID 1 a
+    # signal with no handler is dropped, and a stop while the model loads would hang
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
     token = guard(lambda: _read_token(token_file))
     guard(lambda: check_port(host, port))
     scorer = guard(lambda: load_scorer(model, tracking_uri))  # exit 2 before any socket
+    if Path(model).expanduser().is_dir():  # an exported folder: its provenance must read
+        from winequality.export import read_export
+
+        guard(lambda: read_export(Path(model).expanduser()))
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         warn(
             f"{host} is reachable from other machines and no token is set: anyone who can "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from starlette.responses import Response
 
 from winequality import tracking
 from winequality.errors import NotFoundError, PayloadError, SchemaError, UnsupportedMedia
+from winequality.export import read_export
 from winequality.io.inference import OUTPUT, parse_inference_request
 from winequality.schema import FEATURE_NAMES
 from winequality.scoring import load_scorer
@@ -59,7 +61,10 @@ class V2Endpoints:
         self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
         parts = tracking.RegistryUri.parse(follower.model_uri)
         self.registered = parts.name if parts is not None else None
-        self.name = name or self.registered or DEFAULT_NAME
+        local = Path(follower.model_uri).expanduser()
+        exported = read_export(local) if local.is_dir() else None  # its registered name
+        from_export = exported.registered_model if exported else None
+        self.name: str = name or self.registered or from_export or DEFAULT_NAME
         self.max_body_bytes, self.allow_out_of_range = max_body_bytes, allow_out_of_range
         self.tracking_uri = tracking_uri
         self.versions: OrderedDict[str, ServedModel] = OrderedDict()
