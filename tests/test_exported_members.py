@@ -43,6 +43,7 @@ def test_every_module_is_covered() -> None:
         "evaluate",
         "export",
         "extras",
+        "intervals",
         "io",
         "io.bulk",
         "io.files",

@@ -234,3 +234,13 @@ def test_large_bodies_read_straight_into_arrays_answer_as_the_general_reader_doe
         assert straight[0].startswith("[[")  # accepted, both ways
         if form == "dataframe_split":
             assert not straight[2]
+
+
+def test_a_csv_body_that_is_not_utf8_is_refused_in_one_line() -> None:
+    """Found by the fuzzer: a malformed row holding invalid UTF-8 made Arrow's callback fail
+    where no one could catch it."""
+    from winequality.errors import DataError
+
+    body = b"\xf6x,y\n1,2,3\n"
+    with pytest.raises(DataError, match=r"the input is not UTF-8 text \(byte 0xf6 at offset 0\)"):
+        decode_body(body, files.CSV, allow_out_of_range=False)

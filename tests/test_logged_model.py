@@ -108,7 +108,8 @@ def test_a_boosting_model_stores_every_type_its_file_holds(tracking_uri, red_csv
     pipeline = Pipeline([("model", HistGradientBoostingRegressor(max_iter=5))])
     pipeline.fit(features, frame["quality"])
     tracking.connect(tracking_uri)
-    with tracking.activated(tracking_uri), mlflow.start_run():
+    # the store's default experiment, by id: an earlier test may leave another one active
+    with tracking.activated(tracking_uri), mlflow.start_run(experiment_id="0"):
         info = logged_model.log_model(pipeline, features.head(5), None)
     stored = set(info.flavors["sklearn"]["skops_trusted_types"])
     assert "sklearn._loss._loss.CyHalfSquaredError" in stored

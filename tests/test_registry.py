@@ -100,7 +100,11 @@ def test_promotion_passes_the_gate_only_on_the_same_data_and_split(trained_model
     better = add_version(trained_model, name, 0.65, SPLIT_A)
     decision = registry.promote(name, better, tracking_uri=uri)
     assert (decision.alias, decision.previous_version) == ("champion", first)
-    assert [check.name for check in decision.checks] == ["same evaluation", "beats the champion"]
+    assert [check.name for check in decision.checks] == [
+        "same evaluation",
+        "beats the champion",
+        "intervals keep their promise",
+    ]
     worse = add_version(trained_model, name, 0.80, SPLIT_A)
     with pytest.raises(PromotionRefused, match=r"beats the champion: rmse 0\.8000 does not beat"):
         registry.promote(name, worse, tracking_uri=uri)
@@ -130,3 +134,36 @@ def test_rollback_brings_back_the_previous_champion_and_history_keeps_both(train
     versions = {v.version: v for v in registry.list_versions(name, uri)}
     assert versions[first].aliases == ["champion"]
     assert [period[0] for period in versions[second].champion_periods] == [history[1]["since"]]
+
+
+def test_a_version_whose_intervals_miss_their_coverage_is_refused(trained_model) -> None:
+    uri, name = trained_model.tracking_uri, "promised"
+    first = add_version(trained_model, name, 0.70, SPLIT_A)
+    registry.promote(name, first, tracking_uri=uri)
+    loose = registry.register(
+        trained_model.model_uri,
+        name,
+        tags={**SPLIT_A, "test_rmse": "0.600000", registry.COVERAGE_TAG: "0.845000"},
+        tracking_uri=uri,
+    )
+    with pytest.raises(PromotionRefused) as refused:
+        registry.promote(name, loose, tracking_uri=uri)
+    assert (
+        "intervals keep their promise: its 0.9 intervals covered 84.5% of the held-out rows, "
+        "more than 4% of 90 %: its ranges do not say what they promise"
+    ) in str(refused.value)
+    kept = registry.register(
+        trained_model.model_uri,
+        name,
+        tags={**SPLIT_A, "test_rmse": "0.600000", registry.COVERAGE_TAG: "0.870000"},
+        tracking_uri=uri,
+    )
+    assert registry.promote(name, kept, tracking_uri=uri).alias == "champion"
+
+
+def test_the_sweeps_gate_keeps_a_miscalibrated_challenger_out() -> None:
+    decision = registry.decide("m", "2", 0.5, "1", 0.7, coverage=0.95)
+    assert decision.alias == "challenger"
+    assert decision.reason.startswith("intervals keep their promise: its 0.9 intervals covered")
+    assert registry.decide("m", "2", 0.5, "1", 0.7, coverage=0.91).alias == "champion"
+    assert registry.decide("m", "2", 0.5, "1", 0.7).alias == "champion"  # none calibrated

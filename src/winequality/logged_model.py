@@ -28,11 +28,13 @@ import pandas as pd
 from winequality import schema, tracking
 from winequality.drift import PROFILE_FILE, Profile
 from winequality.errors import ModelCheckError, ModelLoadError, first_line
+from winequality.intervals import INTERVALS_FILE, Intervals
 
 if TYPE_CHECKING:
     from winequality.data import WineData
 
 __all__ = [
+    "COVERAGE_TABLE",
     "MODEL_NAME",
     "PICKLE_SWITCH",
     "TRUSTED_TYPES",
@@ -41,6 +43,7 @@ __all__ = [
     "load",
     "load_local",
     "log_datasets",
+    "log_interval_checks",
     "log_model",
     "parse_serving_input",
     "pip_requirements",
@@ -73,6 +76,7 @@ class LoadedModel:
     signature: dict[str, Any]
     input_example: pd.DataFrame | None
     profile: Profile | None = None  # the training data's reference profile, if logged
+    intervals: Intervals | None = None  # calibrated prediction intervals, if logged
 
 
 def skops_trusted_types(estimator: Any) -> list[str]:
@@ -164,8 +168,39 @@ def log_datasets(wine: WineData, train_frame: pd.DataFrame, test_frame: pd.DataF
             mlflow.log_input(dataset, context=context)
 
 
+COVERAGE_TABLE = "interval_coverage_by_grade.json"
+
+
+def log_interval_checks(
+    calibrated: Intervals, actual: np.ndarray, predicted: np.ndarray
+) -> dict[str, float]:
+    """Held-out coverage and mean width per level (metrics), the levels (a param) and
+    coverage by grade (a table artifact) for the active run; the metrics, returned."""
+    import mlflow
+
+    from winequality import intervals
+
+    metrics: dict[str, float] = {}
+    for level in calibrated.levels:
+        lower, upper = calibrated.bounds(predicted, level)
+        label = intervals.level_label(level)
+        metrics[f"test_coverage_{label}"] = intervals.coverage(actual, lower, upper)
+        metrics[f"test_interval_width_{label}"] = float(np.mean(upper - lower))
+    mlflow.log_metrics(metrics)
+    mlflow.log_params(
+        {"interval_levels": ",".join(intervals.level_label(v) for v in calibrated.levels)}
+    )
+    table = intervals.coverage_by_grade(actual, predicted, calibrated)
+    mlflow.log_table(pd.DataFrame(table), artifact_file=COVERAGE_TABLE)
+    return metrics
+
+
 def log_model(
-    estimator: Any, example: pd.DataFrame, profile: Profile | None, name: str = MODEL_NAME
+    estimator: Any,
+    example: pd.DataFrame,
+    profile: Profile | None,
+    name: str = MODEL_NAME,
+    intervals: Intervals | None = None,
 ) -> Any:
     """Log a fitted pipeline under the active run, the way every winequality model is logged.
 
@@ -192,10 +227,14 @@ def log_model(
             skops_trusted_types=trusted or None,
         )
         logged_model_id = model_info.model_id
-        if profile is not None:  # inside the model's folder: it travels with the model
-            with tempfile.TemporaryDirectory(prefix="winequality-profile-") as folder:
-                path = Path(folder) / PROFILE_FILE
-                path.write_bytes(orjson.dumps(profile.to_dict()))
+        # inside the model's folder: they travel with the model
+        travelling = {PROFILE_FILE: profile, INTERVALS_FILE: intervals}
+        for file_name, content in travelling.items():
+            if content is None:
+                continue
+            with tempfile.TemporaryDirectory(prefix="winequality-model-") as folder:
+                path = Path(folder) / file_name
+                path.write_bytes(orjson.dumps(content.to_dict()))
                 mlflow.MlflowClient().log_model_artifact(logged_model_id, str(path))
         verify(model_info.model_uri, example, estimator.predict(example))
     except BaseException:
@@ -335,6 +374,7 @@ def load_local(local: Path, model_uri: str) -> LoadedModel:
         profile = Profile.read(local)
     except Exception as exc:
         raise ModelLoadError(f"{model_uri}: unreadable {PROFILE_FILE}: {first_line(exc)}") from exc
+    intervals = Intervals.read(local)
     return LoadedModel(
         uri=model_uri,
         estimator=estimator,
@@ -343,6 +383,7 @@ def load_local(local: Path, model_uri: str) -> LoadedModel:
         signature=meta.signature.to_dict() if meta.signature else {},
         input_example=pd.DataFrame(example) if example is not None else None,
         profile=profile,
+        intervals=intervals,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from winequality import drift
+from winequality import drift, intervals
 from winequality.errors import ModelLoadError, ParameterError, SchemaError
 from winequality.io import files, reader, writers
 from winequality.schema import FEATURE_NAMES, FeatureIssue
@@ -59,6 +59,7 @@ def predict_file(
     on_progress: Progress | None = None,
     flag_outside: bool = False,
     overwrite: bool = False,
+    interval: float | None = None,
 ) -> PredictResult:
     """Score a file; write `prediction` next to the inputs (or only next to `id_column`).
 
@@ -70,7 +71,10 @@ def predict_file(
 
     Rows beyond the model's training range (its reference profile, with a margin) are scored
     and listed among the warnings; `flag_outside` also adds a boolean column
-    `outside_training_range`. An existing output is replaced only with `overwrite`.
+    `outside_training_range`. `interval` (a level the model was calibrated at, such as 0.9)
+    adds its bounds, `lower_0.9` and `upper_0.9`, after `prediction`; a level it was not
+    calibrated at is refused, naming those it was, before anything is written. An existing
+    output is replaced only with `overwrite`.
     """
     source = reader.open_input(input_path, allow_out_of_range=allow_out_of_range)
     if id_column is not None and id_column not in source.names:
@@ -87,8 +91,9 @@ def predict_file(
                 f"{output_path} exists; choose another --output or pass --overwrite"
             )
     run = _StreamRun(
-        source, model_uri, tracking_uri, id_column, output_path, on_progress, flag_outside
-    )
+        source, model_uri, tracking_uri, id_column, output_path, on_progress, flag_outside,
+        interval=interval,
+    )  # fmt: skip
     return source.read(run.each_pass)
 
 
@@ -102,6 +107,7 @@ class _StreamRun:
     on_progress: Progress | None
     flag_outside: bool = False
     scorer: Scorer | None = None  # loaded at the first valid batch, kept across re-reads
+    interval: float | None = None  # the level of the bounds to add (checked once loaded)
 
     def _training_range(self, table: Any, batch: reader.Batch, problems: reader.Problems) -> Any:
         """Warn about (and optionally flag) rows beyond what the model was trained on."""
@@ -117,6 +123,18 @@ class _StreamRun:
         if self.flag_outside:
             table = table.append_column(FLAG_COLUMN, pa.array(outside.any(axis=1)))
         return table
+
+    def _check_interval(self) -> None:
+        if self.interval is None:
+            return
+        assert self.scorer is not None
+        calibrated = self.scorer.model.intervals
+        if calibrated is None:
+            raise ParameterError(
+                f"{self.model_uri} has no calibrated intervals (it was logged before winequality "
+                "calibrated them); retrain it with `winequality train` or `sweep`"
+            )
+        calibrated.level(self.interval)  # ParameterError naming the levels there are
 
     def each_pass(self, batches: Iterator[reader.Batch]) -> PredictResult:
         """One read of the input: check every batch, score and write while all passed."""
@@ -137,6 +155,7 @@ class _StreamRun:
                 if problems.ok:  # after the first problem, only check the rest
                     if self.scorer is None:
                         self.scorer = load_scorer(self.model_uri, self.tracking_uri)
+                        self._check_interval()
                     features = batch.validation.features
                     table = _output(batch, self.scorer.predict(features), self)
                     if self.scorer.model.profile is not None:
@@ -166,8 +185,20 @@ def _output(batch: reader.Batch, predictions: np.ndarray, run: _StreamRun) -> An
         table = table.select([run.source.names.index(run.id_column)])
     scores = pa.array(predictions, type=pa.float64())
     if "prediction" in table.column_names:  # an input column of that name is replaced in place
-        return table.set_column(table.column_names.index("prediction"), "prediction", scores)
-    return table.append_column("prediction", scores)
+        table = table.set_column(table.column_names.index("prediction"), "prediction", scores)
+    else:
+        table = table.append_column("prediction", scores)
+    if run.interval is not None:
+        assert run.scorer is not None
+        assert run.scorer.model.intervals is not None  # (checked when it was loaded)
+        bounds = run.scorer.model.intervals.bounds(predictions, run.interval)
+        for name, values in zip(intervals.bound_names(run.interval), bounds, strict=True):
+            column = pa.array(values, type=pa.float64())
+            if name in table.column_names:  # as `prediction`: replaced in place
+                table = table.set_column(table.column_names.index(name), name, column)
+            else:
+                table = table.append_column(name, column)
+    return table
 
 
 def _features_as_numbers(table: Any, features: np.ndarray) -> Any:

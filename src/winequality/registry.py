@@ -24,6 +24,9 @@ from winequality.errors import NotFoundError, ParameterError, PromotionRefused, 
 from winequality.tracking import CHALLENGER, CHAMPION, alias_version
 
 __all__ = [
+    "COVERAGE_LEVEL",
+    "COVERAGE_TAG",
+    "COVERAGE_TOLERANCE",
     "DATA_TAG",
     "DEFAULT_MODEL_NAME",
     "EVALUATION_TAGS",
@@ -37,6 +40,7 @@ __all__ = [
     "Decision",
     "VersionInfo",
     "champion_history",
+    "coverage_check",
     "decide",
     "evaluation_checks",
     "evaluation_tags",
@@ -61,6 +65,28 @@ HISTORY_KEPT = 50  # entries (a tag holds a few thousand characters)
 DATA_TAG, HOLDOUT_TAG = "winequality.data_sha256", "winequality.holdout"
 SEED_TAG, TEST_SIZE_TAG = "winequality.split_seed", "winequality.test_size"
 EVALUATION_TAGS = (DATA_TAG, HOLDOUT_TAG, SEED_TAG, TEST_SIZE_TAG)
+
+
+# The gate's check on a version's intervals: held-out coverage at 0.9 within 4 points (about
+# 2.7 standard errors on 400 rows: beyond sampling noise, the ranges do not keep their promise).
+COVERAGE_LEVEL, COVERAGE_TOLERANCE = 0.9, 0.04
+COVERAGE_TAG = "test_coverage_0.9"
+
+
+def coverage_check(coverage: float | None) -> Check:
+    """Whether a version's 0.9 intervals covered about 90 % of its held-out rows."""
+    name = "intervals keep their promise"
+    if coverage is None:
+        return Check(name, True, "no intervals calibrated at 0.9 (not checked)")
+    passed = abs(coverage - COVERAGE_LEVEL) <= COVERAGE_TOLERANCE
+    return Check(
+        name,
+        passed,
+        f"its 0.9 intervals covered {coverage:.1%} of the held-out rows, "
+        + ("within" if passed else "more than")
+        + f" {COVERAGE_TOLERANCE:.0%} of 90 %"
+        + ("" if passed else ": its ranges do not say what they promise"),
+    )
 
 
 @dataclass(frozen=True)
@@ -152,6 +178,8 @@ def register_logged(
         value = run.data.metrics.get(f"test_{metric}", run.data.metrics.get(metric))
         if value is not None:
             tags[f"test_{metric}"] = f"{value:.6f}"
+    if COVERAGE_TAG in run.data.metrics:
+        tags[COVERAGE_TAG] = f"{run.data.metrics[COVERAGE_TAG]:.6f}"
     return register(model_uri, name, tags, tracking_uri)
 
 
@@ -164,8 +192,11 @@ def decide(
     *,
     metric: str = "rmse",
     force: bool = False,
+    coverage: float | None = None,
 ) -> Decision:
-    """The gate's rule: lower `metric` wins; the first version and `force` win outright."""
+    """The gate's rule: lower `metric` wins; the first version and `force` win outright. A
+    challenger whose 0.9 intervals missed their coverage (`coverage_check`) does not win."""
+    promise = coverage_check(coverage)
     if champion is None:
         alias, reason = CHAMPION, "first version: no champion yet"
     elif champion == version:
@@ -178,6 +209,8 @@ def decide(
             f"--force: replaces v{champion} ({metric} {champion_score:.4f}) "
             f"regardless of {metric} {score:.4f}"
         )
+    elif not promise.passed:
+        alias, reason = CHALLENGER, f"{promise.name}: {promise.reason}"
     elif score < champion_score:
         alias = CHAMPION
         reason = (
@@ -193,7 +226,9 @@ def decide(
     previous = champion if champion != version else None
     checks: tuple[Check, ...] = ()
     if previous is not None:
-        checks = (Check("beats the champion", alias == CHAMPION and not force, reason),)
+        won = alias == CHAMPION and not force
+        compared = reason if promise.passed else "not compared: its intervals failed their check"
+        checks = (promise, Check("beats the champion", won, compared))
     return Decision(name, version, alias, score, previous, champion_score, reason, checks)
 
 
@@ -207,6 +242,7 @@ def gate(
     metric: str = "rmse",
     force: bool = False,
     tracking_uri: str | None = None,
+    coverage: float | None = None,
 ) -> Decision:
     """Re-score the current champion on the same rows, decide, and set the alias and tag."""
     from winequality.evaluate import regression_metrics
@@ -218,7 +254,16 @@ def gate(
     if champion is not None and champion != version:
         scorer = load_scorer(f"models:/{name}@{CHAMPION}", tracking_uri)
         champion_score = regression_metrics(test_target, scorer.predict(test_features))[metric]
-    decision = decide(name, version, score, champion, champion_score, metric=metric, force=force)
+    decision = decide(
+        name,
+        version,
+        score,
+        champion,
+        champion_score,
+        metric=metric,
+        force=force,
+        coverage=coverage,
+    )
     if decision.alias == CHAMPION and champion != version:
         _crown(client, name, version, "sweep --force" if force else "sweep")
     else:
@@ -257,7 +302,8 @@ def evaluation_checks(candidate: Any, champion: Any, metric: str = "rmse") -> tu
             f"{metric} {score:.4f} {'beats' if won else 'does not beat'} champion "
             f"v{champion.version} ({best:.4f}) on the same held-out rows",
         )
-    return alike, better
+    covered = mine.get(COVERAGE_TAG)
+    return alike, better, coverage_check(float(covered) if covered is not None else None)
 
 
 def promote(

@@ -32,6 +32,7 @@ __all__ = [
     "FEATURES_BY_NAME",
     "FEATURE_NAMES",
     "INPUT_EXAMPLE_ROWS",
+    "INTERVAL_PARAM",
     "NUMBER_TEXT",
     "SO2_RULE",
     "TARGET",
@@ -132,17 +133,22 @@ TARGET = Target(
 SO2_RULE = ("free sulfur dioxide", "total sulfur dioxide")
 
 
+INTERVAL_PARAM = "interval"  # a request's params: the level of the range to add (0.9)
+
+
 def model_signature() -> ModelSignature:
-    """The MLflow signature: the 11 features as required doubles in, one double out.
+    """The MLflow signature: the 11 features as required doubles in, one double out, and one
+    optional parameter, `interval` (a double: the level of the range to answer with).
 
     The target is never an input, and the output is a double (a regression score), not `long`.
     """
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("double", name) for name in FEATURE_NAMES]),
         outputs=Schema([ColSpec("double")]),
+        params=ParamSchema([ParamSpec(INTERVAL_PARAM, "double", None)]),
     )
 
 

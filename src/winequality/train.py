@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from winequality import data as wine_data
-from winequality import evaluate, logged_model, registry, schema, tracking
+from winequality import evaluate, intervals, logged_model, registry, schema, tracking
 from winequality.drift import Profile
 from winequality.errors import ParameterError
+from winequality.intervals import Intervals
 from winequality.io import files
 from winequality.model import elasticnet
 from winequality.schema import FeatureIssue
@@ -65,6 +66,7 @@ class TrainConfig:
     tags: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TAGS))
     output_dir: Path | None = Path("data")  # copy of the data and the split; None: skip
     run_name: str | None = None
+    interval_levels: tuple[float, ...] = intervals.DEFAULT_LEVELS  # calibrated with the model
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class TrainResult:
     coefficients: dict[str, float]
     intercept: float
     warnings: tuple[FeatureIssue, ...] = ()  # ignored columns of the training file
+    intervals: Intervals | None = None  # the logged model's calibrated intervals
+    interval_metrics: dict[str, float] = field(default_factory=dict)  # held-out coverage, width
 
     @property
     def constant(self) -> bool:
@@ -114,6 +118,7 @@ def train(config: TrainConfig) -> TrainResult:
     wine = wine_data.load(config.data, config.wine)
     wine_data.require_rows(wine, config.test_size)
     train_frame, test_frame = wine_data.split(wine.frame, config.test_size, config.seed)
+    levels = intervals.parse_levels(config.interval_levels, len(train_frame))
     uri = tracking.connect(config.tracking_uri)
 
     import mlflow
@@ -164,8 +169,18 @@ def train(config: TrainConfig) -> TrainResult:
             }
         )
         _log_data_file(wine)
+        calibrated = intervals.calibrate(
+            lambda: elasticnet(config.alpha, config.l1_ratio, scale=config.scale),
+            train_x,
+            train_y,
+            levels,
+            seed=config.seed + intervals.CALIBRATION_SEED_OFFSET,
+        )
+        interval_metrics = logged_model.log_interval_checks(
+            calibrated, test_y.to_numpy(), predicted
+        )
         profile = Profile.from_features(train_x.to_numpy(dtype=np.float64))
-        model_info = logged_model.log_model(estimator, example, profile)
+        model_info = logged_model.log_model(estimator, example, profile, intervals=calibrated)
         artifact_uri = mlflow.get_artifact_uri()
 
     return TrainResult(
@@ -197,6 +212,8 @@ def train(config: TrainConfig) -> TrainResult:
         ),
         intercept=float(np.ravel(final.intercept_)[0]),
         warnings=wine.warnings,
+        intervals=calibrated,
+        interval_metrics=interval_metrics,
     )
 
 

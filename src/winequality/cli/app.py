@@ -27,6 +27,7 @@ __all__ = [
     "DataOption",
     "Engine",
     "FamilyChoice",
+    "IntervalLevelsOption",
     "ModelOption",
     "ProtocolChoice",
     "Switch",
@@ -37,6 +38,7 @@ __all__ = [
     "err",
     "fail",
     "guard",
+    "interval_levels",
     "metrics_table",
     "number",
     "out",
@@ -109,6 +111,32 @@ TrackingOption = Annotated[
         "sqlite:///mlflow.db in the current folder.",
     ),
 ]
+IntervalLevelsOption = Annotated[
+    str,
+    typer.Option(
+        "--interval-levels",
+        help="Levels of the prediction intervals calibrated with the model, comma-separated "
+        "(each needs level/(1-level) calibration rows: 0.95 needs 19).",
+    ),
+]
+
+
+def interval_levels(text: str) -> tuple[float, ...]:
+    """`--interval-levels 0.8,0.9`: the levels, or ParameterError naming the bad one."""
+    from winequality.errors import ParameterError
+    from winequality.intervals import parse_levels
+
+    levels = []
+    for part in text.split(","):
+        try:
+            levels.append(float(part))
+        except ValueError:
+            raise ParameterError(
+                f"--interval-levels: {part.strip()!r} is not a number such as 0.9"
+            ) from None
+    return parse_levels(levels)
+
+
 ModelOption = Annotated[
     str,
     typer.Option(

@@ -61,6 +61,13 @@ def predict(
             "model saw in training (such rows are always scored, and counted in a warning).",
         ),
     ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Add the bounds of the prediction interval at this level, a level the model "
+            "was calibrated at (0.8, 0.9, 0.95 by default): columns lower_0.9 and upper_0.9.",
+        ),
+    ] = None,
     engine: Annotated[
         Engine,
         typer.Option(
@@ -86,6 +93,10 @@ def predict(
     from winequality.predict import predict_file
 
     if engine is Engine.spark:
+        if interval is not None:
+            from winequality.errors import ParameterError
+
+            guard(lambda: _refuse(ParameterError("--interval is for the local engine (for now)")))
         _predict_on_spark(
             model, input_path, output, id_column, flag_outside, allow_out_of_range,
             spark_master, overwrite, tracking_uri,
@@ -108,6 +119,7 @@ def predict(
                 on_progress=bar.update,
                 flag_outside=flag_outside,
                 overwrite=overwrite,
+                interval=interval,
             )
         )
         bar.close()
@@ -120,6 +132,10 @@ def predict(
             sys.stdout.flush()
         else:
             err.print(f"wrote {result.rows} predictions to {output}")
+
+
+def _refuse(error: Exception) -> None:
+    raise error
 
 
 def _predict_on_spark(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 from winequality.cli.app import (
     DataOption,
     FamilyChoice,
+    IntervalLevelsOption,
     ProtocolChoice,
     TrackingOption,
     WineColour,
@@ -26,6 +27,7 @@ from winequality.cli.app import (
     app,
     err,
     guard,
+    interval_levels,
     metrics_table,
     out,
     warn,
@@ -94,6 +96,7 @@ def sweep(
             help="Make the new version champion even if it does not beat the current one.",
         ),
     ] = False,
+    levels: IntervalLevelsOption = "0.8,0.9,0.95",
 ) -> None:
     """Tune a model family with Optuna, register the best and promote it only if it wins.
 
@@ -128,6 +131,7 @@ def sweep(
         tracking_uri=tracking_uri,
         model_name=name,
         force=force,
+        interval_levels=guard(lambda: interval_levels(levels)),
     )
     progress = Progress(
         TextColumn("[bold]{task.description}"),

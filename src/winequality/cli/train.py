@@ -15,11 +15,13 @@ if TYPE_CHECKING:
 
 from winequality.cli.app import (
     DataOption,
+    IntervalLevelsOption,
     TrackingOption,
     WineColour,
     WineOption,
     app,
     guard,
+    interval_levels,
     metrics_table,
     out,
     warn,
@@ -56,6 +58,7 @@ def train(
         Path, typer.Option(help="Where the copy of the data and the split go.")
     ] = Path("data"),
     run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
+    levels: IntervalLevelsOption = "0.8,0.9,0.95",
 ) -> None:
     """Train the tutorial's ElasticNet, log it to MLflow with its signature, check it serves."""
     from winequality.train import DEFAULT_TAGS, TrainConfig
@@ -74,6 +77,7 @@ def train(
         tags={**DEFAULT_TAGS, **_parse_tags(tag or [])},
         output_dir=output_dir,
         run_name=run_name,
+        interval_levels=guard(lambda: interval_levels(levels)),
     )
     result = guard(lambda: run_training(config))
     for issue in result.warnings:

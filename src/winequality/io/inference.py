@@ -17,6 +17,7 @@ Knows nothing about HTTP or models.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from winequality.schema import FEATURE_NAMES, FeatureIssue, Validation
 __all__ = ["DATATYPES", "OUTPUT", "InferenceRequest", "parse_inference_request"]
 
 OUTPUT = "predictions"  # the one output tensor: FP64, shape [N]
+_BOUND = re.compile(r"(lower|upper)_[0-9.]+")  # an interval's bounds (intervals.bound_names)
 DATATYPES = {"FP64": np.float64, "FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
 EXACT_INTEGER = 2**53  # beyond it, a double does not hold every integer
 WIDTH = len(FEATURE_NAMES)
@@ -43,7 +45,7 @@ class InferenceRequest:
     warnings: list[FeatureIssue]
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-    outputs: tuple[str, ...] = (OUTPUT,)  # the outputs asked for (all, when none is named)
+    outputs: tuple[str, ...] = ()  # the outputs asked for, each once, in order (): all
 
 
 def parse_inference_request(
@@ -165,14 +167,17 @@ _PLAIN = ("FP64", "FP32")
 
 def _outputs(asked: Any) -> tuple[str, ...]:
     if asked is None:
-        return (OUTPUT,)
+        return ()
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise PayloadError("'outputs' must be a list of objects with a 'name'")
     names = tuple(o.get("name") for o in asked)
-    unknown = [n for n in names if n != OUTPUT]
+    unknown = [n for n in names if n != OUTPUT and not _BOUND.fullmatch(str(n))]
     if unknown:
-        raise PayloadError(f"unknown output {unknown[0]!r}: this model has one, {OUTPUT!r}")
-    return names or (OUTPUT,)
+        raise PayloadError(
+            f"unknown output {unknown[0]!r}: this model has {OUTPUT!r}, and with "
+            "parameters {'interval': 0.9}, 'lower_0.9' and 'upper_0.9'"
+        )
+    return tuple(dict.fromkeys(names))  # each once, in the order first asked
 
 
 @dataclass(frozen=True)

@@ -484,6 +484,12 @@ def open_bytes(
 
     `cite_lines=False` cites CSV problems by 0-based row, as HTTP bodies do."""
     if media_type == files.CSV:
+        try:  # Arrow decodes a malformed row's text for its callback and cannot say why
+            content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{what} is not UTF-8 text (byte {content[exc.start]:#04x} at offset {exc.start})"
+            ) from None
         source = _csv_input(content, what, allow_out_of_range)
         if not cite_lines:
             source.row_label = "row"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import html
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
 import orjson
 
-from winequality import schema
+from winequality import intervals, schema
 from winequality.serving.http import JSON
 
 __all__ = ["openapi_document", "render_page"]
@@ -27,10 +28,14 @@ def _resource(name: str) -> str:
 
 
 def openapi_document(
-    model_uri: str, package_version: str, model_name: str = "wine-quality"
+    model_uri: str,
+    package_version: str,
+    model_name: str = "wine-quality",
+    interval_levels: Sequence[float] = (),
 ) -> dict[str, Any]:
     """resources/openapi.json and openapi_v2.json (the Open Inference Protocol's routes), with
-    the model, its name on V2 routes, the version and the feature schema filled in."""
+    the model, its name on V2 routes, the version, the feature schema and the levels its
+    intervals were calibrated at filled in."""
     document: dict[str, Any] = copy.deepcopy(orjson.loads(_resource("openapi.json")))
     v2 = _resource("openapi_v2.json").replace('"{{model_name}}"', orjson.dumps(model_name).decode())
     v2 = v2.replace('"{{feature_names}}"', orjson.dumps(schema.FEATURE_NAMES).decode()[1:-1])
@@ -74,7 +79,33 @@ def openapi_document(
         "items": _cell({"type": "number"}),
     }
     frame["data"]["example"] = [[f.typical for f in schema.FEATURES]]
+    _document_intervals(document, list(interval_levels))
     return document
+
+
+def _document_intervals(document: dict[str, Any], levels: list[float]) -> None:
+    """The `interval` param (MLflow's `params`, V2's `parameters`) and the bounds it adds: only
+    the levels this model was calibrated at (none: the param must be absent)."""
+    interval: dict[str, Any] = {
+        "enum": [*levels, None],
+        "description": "Add the bounds of the prediction interval at this level (lower_LEVEL, "
+        "upper_LEVEL); null: none. Only the levels this model was calibrated at.",
+    }
+    params = {
+        "type": ["object", "null"],  # null: as absent (MLflow's server reads it so)
+        "properties": {schema.INTERVAL_PARAM: interval},
+        "additionalProperties": False,
+    }
+    request = document["paths"]["/invocations"]["post"]["requestBody"]["content"][JSON]["schema"]
+    for form in request["oneOf"]:
+        form["properties"]["params"] = params
+    bounds = {name: {"type": "array", "items": {"type": "number"}}
+              for level in levels for name in intervals.bound_names(level)}  # fmt: skip
+    components = document["components"]["schemas"]
+    components["Predictions"]["properties"].update(bounds)
+    v2_parameters = components["V2InferenceRequest"]["properties"]["parameters"]
+    v2_parameters["properties"] = {schema.INTERVAL_PARAM: interval}
+    components["V2RequestOutput"]["properties"]["name"]["enum"] += list(bounds)
 
 
 def _cell(number: dict[str, Any]) -> dict[str, Any]:

@@ -20,26 +20,34 @@ from starlette.responses import Response
 from winequality.errors import SchemaError
 from winequality.extras import missing_extra
 from winequality.io import files, protocol
-from winequality.schema import FeatureIssue
+from winequality.schema import INTERVAL_PARAM, FeatureIssue
 from winequality.serving.follower import ModelFollower
 from winequality.serving.http import JSON, ROWS_KEY, VERSION_KEY, media_type, read_body
 from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.metrics import ServerMetrics
-from winequality.serving.scoring import score
+from winequality.serving.scoring import interval_bounds, interval_level, score
 
-__all__ = ["MLflowEndpoints", "decode_body"]
+__all__ = ["MLflowEndpoints", "decode_body", "decode_request"]
 
 
 def decode_body(
     body: bytes, mime: str, *, allow_out_of_range: bool
 ) -> tuple[np.ndarray, list[FeatureIssue]]:
     """The features (n, 11) of a body and its warnings; SchemaError listing every problem."""
+    features, warnings, _ = decode_request(body, mime, allow_out_of_range=allow_out_of_range)
+    return features, warnings
+
+
+def decode_request(
+    body: bytes, mime: str, *, allow_out_of_range: bool
+) -> tuple[np.ndarray, list[FeatureIssue], dict[str, Any]]:
+    """`decode_body`, and the body's params (JSON only: a CSV body has none)."""
     if mime == files.JSON:
         with protocol.collector_paused():
-            checked = protocol.parse_body(body, allow_out_of_range=allow_out_of_range)
-        if not checked.ok:
-            raise SchemaError(checked.errors, what="the input")
-        return checked.features, checked.warnings
+            parsed = protocol.parse_request(body, allow_out_of_range=allow_out_of_range)
+        if not parsed.checked.ok:
+            raise SchemaError(parsed.checked.errors, what="the input")
+        return parsed.checked.features, parsed.checked.warnings, parsed.params
     try:  # Arrow's readers: the `files` extra, which the container image leaves out
         from winequality.io import reader
     except ModuleNotFoundError as exc:
@@ -49,7 +57,7 @@ def decode_body(
         raise lacking from None
     source = reader.open_bytes(body, mime, "the input", allow_out_of_range, cite_lines=False)
     whole = source.check_all()
-    return whole.features, whole.warnings
+    return whole.features, whole.warnings, {}
 
 
 class MLflowEndpoints:
@@ -73,14 +81,19 @@ class MLflowEndpoints:
         mime = media_type(request)
         body = await read_body(request, self.max_body_bytes)
         try:
-            features, warnings = decode_body(body, mime, allow_out_of_range=self.allow_out_of_range)
+            features, warnings, params = decode_request(
+                body, mime, allow_out_of_range=self.allow_out_of_range
+            )
         except SchemaError as refused:
             if self.metrics is not None:
                 self.metrics.refused(refused.issues)
             raise
+        level = interval_level(served, params.get(INTERVAL_PARAM))  # before any scoring
         scored = score(served, features, warnings, self.metrics)
         request.scope[ROWS_KEY] = len(scored.predictions)
         answer: dict[str, Any] = {"predictions": scored.predictions}
+        if level is not None:
+            answer.update(interval_bounds(served, scored.predictions, level))
         if scored.outside:
             answer["warnings"] = scored.outside
         return Response(

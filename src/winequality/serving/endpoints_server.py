@@ -39,7 +39,14 @@ class ServerEndpoints:
         }
         self.versions = orjson.dumps(versions)
         self.openapi = orjson.dumps(
-            openapi_document(follower.model_uri, versions["winequality"], model_name)
+            openapi_document(
+                follower.model_uri,
+                versions["winequality"],
+                model_name,
+                follower.current.scorer.model.intervals.levels
+                if follower.current.scorer.model.intervals
+                else (),
+            )
         )
         self.page = render_page(follower.current.scorer.metadata())
 

@@ -25,16 +25,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from winequality import tracking
-from winequality.errors import NotFoundError, PayloadError, SchemaError, UnsupportedMedia
+from winequality.errors import (
+    NotFoundError,
+    PayloadError,
+    SchemaError,
+    UnsupportedMedia,
+)
 from winequality.export import read_export
+from winequality.intervals import bound_names
 from winequality.io.inference import OUTPUT, parse_inference_request
-from winequality.schema import FEATURE_NAMES
+from winequality.schema import FEATURE_NAMES, INTERVAL_PARAM
 from winequality.scoring import load_scorer
 from winequality.serving.follower import ModelFollower, ServedModel
 from winequality.serving.http import JSON, ROWS_KEY, VERSION_KEY, read_body
 from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.metrics import ServerMetrics
-from winequality.serving.scoring import score
+from winequality.serving.scoring import interval_bounds, interval_level, score
 
 __all__ = ["BINARY_HEADER", "DEFAULT_NAME", "VERSIONS_KEPT", "V2Endpoints"]
 
@@ -120,15 +126,31 @@ class V2Endpoints:
             if self.metrics is not None:
                 self.metrics.refused(refused.issues)
             raise
+        # the level of `parameters` adds both bounds; outputs named (lower_0.95) select
+        # which to answer, at any level the model was calibrated at
+        level = interval_level(served, decoded.parameters.get(INTERVAL_PARAM))
+        named: dict[str, float] = {}
+        for name in decoded.outputs:
+            if name != OUTPUT:
+                named[name] = interval_level(served, name.partition("_")[2]) or 0.0
+                spelled = bound_names(named[name])
+                if name not in spelled:
+                    raise PayloadError(f"unknown output {name!r}; write it {spelled[0]!r} or so")
         scored = score(served, decoded.features, decoded.warnings, self.metrics)
         rows = len(scored.predictions)
         request.scope[ROWS_KEY] = rows
+        tensors = {OUTPUT: scored.predictions}
+        for asked in {*named.values(), *([level] if level is not None else [])}:
+            tensors.update(interval_bounds(served, scored.predictions, asked))
+        wanted = decoded.outputs or (OUTPUT, *(bound_names(level) if level is not None else ()))
+        outputs = [
+            {"name": name, "datatype": "FP64", "shape": [rows], "data": tensors[name]}
+            for name in wanted
+        ]
         answer: dict[str, Any] = {
             "model_name": self.name,
             "model_version": served.version,
-            "outputs": [
-                {"name": OUTPUT, "datatype": "FP64", "shape": [rows], "data": scored.predictions}
-            ],
+            "outputs": outputs,
         }
         if decoded.id is not None:
             answer["id"] = decoded.id

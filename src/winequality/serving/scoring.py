@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 
 from winequality import drift
+from winequality.errors import ParameterError
+from winequality.intervals import bound_names
 from winequality.schema import FEATURE_NAMES, FeatureIssue
 from winequality.serving.follower import ServedModel
 from winequality.serving.metrics import ServerMetrics
 
-__all__ = ["MAX_WARNINGS", "Scored", "score"]
+__all__ = ["MAX_WARNINGS", "Scored", "interval_bounds", "interval_level", "score"]
 
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
 MAX_WARNINGS = 100  # cells listed in an answer's warnings; the header counts the rows
@@ -78,3 +80,28 @@ def _warning_header(issues: list[FeatureIssue], extra: str = "") -> dict[str, st
     text = "; ".join(texts)
     # a header carries printable ASCII only: a column name from the body may hold anything
     return {"X-Winequality-Warnings": _PRINTABLE.sub("?", text)[:1000]}
+
+
+def interval_level(served: ServedModel, asked: Any) -> float | None:
+    """The calibrated level a request asks for (None: it asks none); ParameterError (400) for
+    a level the model was not calibrated at, naming those it was, or a model without any."""
+    if asked is None:
+        return None
+    intervals = served.scorer.model.intervals
+    if intervals is None:
+        raise ParameterError(
+            f"model version {served.version} has no calibrated intervals (it was logged before "
+            "winequality calibrated them); retrain it with `winequality train` or `sweep`"
+        )
+    return intervals.level(asked)
+
+
+def interval_bounds(
+    served: ServedModel, predictions: np.ndarray, level: float
+) -> dict[str, np.ndarray]:
+    """The bounds of each prediction at `level`, under their names (lower_0.9, upper_0.9)."""
+    intervals = served.scorer.model.intervals
+    assert intervals is not None  # (interval_level checked it)
+    lower, upper = intervals.bounds(predictions, level)
+    low_name, high_name = bound_names(level)
+    return {low_name: lower, high_name: upper}

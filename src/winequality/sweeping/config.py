@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from winequality import data as wine_data
-from winequality import evaluate, model, registry, tracking
+from winequality import evaluate, intervals, model, registry, tracking
 from winequality.errors import WinequalityError
 
 __all__ = [
@@ -48,6 +48,7 @@ class SweepConfig:
     model_name: str = registry.DEFAULT_MODEL_NAME
     register: bool = True
     force: bool = False
+    interval_levels: tuple[float, ...] = intervals.DEFAULT_LEVELS  # calibrated with the model
 
     @property
     def study_name(self) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from winequality import data as wine_data
-from winequality import evaluate, logged_model, model, registry, schema, tracking
+from winequality import evaluate, intervals, logged_model, model, registry, schema, tracking
 from winequality.drift import Profile
 from winequality.sweeping.config import FinalModel, SweepConfig, Where, WorkerPlan
 from winequality.tracking import FAMILY_TAG, PARENT_TAG, PROTOCOL_TAG, ROLE_TAG, STUDY_TAG
@@ -54,6 +54,7 @@ class Holdout:
 class Refit:
     estimator: Any
     x_train: pd.DataFrame
+    y_train: np.ndarray
     x_test: pd.DataFrame
     y_test: np.ndarray
     predicted: np.ndarray
@@ -73,7 +74,7 @@ def refit_and_test(
     estimator = family.build(params).fit(x_train, y_train)
     predicted = estimator.predict(x_test)
     metrics = evaluate.regression_metrics(y_test, predicted)
-    return Refit(estimator, x_train, x_test, y_test, predicted, metrics)
+    return Refit(estimator, x_train, y_train, x_test, y_test, predicted, metrics)
 
 
 def finalize(plan: WorkerPlan, shared: SharedStudy, holdout: Holdout, where: Where) -> FinalModel:
@@ -81,19 +82,23 @@ def finalize(plan: WorkerPlan, shared: SharedStudy, holdout: Holdout, where: Whe
     config, family = plan.config, plan.family
     best = shared.study.best_trial
     refit = refit_and_test(family, dict(best.params), holdout.train, holdout.test)
-    run_id, model_uri = log_final_run(plan, shared, holdout, where, refit)
+    run_id, model_uri, interval_metrics = log_final_run(plan, shared, holdout, where, refit)
     decision = None
     if config.register:
         decision = register_and_gate(
-            config, family, shared.name, model_uri, best, refit, holdout.wine.sha256
-        )
+            config, family, shared.name, model_uri, best, refit, holdout.wine.sha256,
+            coverage=interval_metrics.get(registry.COVERAGE_TAG),
+        )  # fmt: skip
     return FinalModel(run_id, model_uri, refit.test_metrics, decision)
 
 
 def log_final_run(
     plan: WorkerPlan, shared: SharedStudy, holdout: Holdout, where: Where, refit: Refit
-) -> tuple[str, str]:
-    """The final run: params, test and CV metrics, datasets, plots, report and the model."""
+) -> tuple[str, str, dict[str, float]]:
+    """The final run: params, test and CV metrics, datasets, plots, report, the model with its
+    intervals (calibrated on fresh grouped folds of the training rows, never the folds the
+    trial was chosen on: their residuals are optimistic); the run, the model and the held-out
+    coverage and width of the intervals."""
     import tempfile
 
     import mlflow
@@ -136,9 +141,21 @@ def log_final_run(
         with tempfile.TemporaryDirectory() as folder:
             for path in evaluation_artifacts(Path(folder), plan, shared, refit):
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
+        calibrated = intervals.calibrate(
+            lambda: family.build(dict(best.params)),
+            refit.x_train,
+            refit.y_train,
+            config.interval_levels,
+            seed=config.seed + intervals.CALIBRATION_SEED_OFFSET,
+        )
+        interval_metrics = logged_model.log_interval_checks(
+            calibrated, refit.y_test, refit.predicted
+        )
         profile = Profile.from_features(refit.x_train.to_numpy(dtype=np.float64))
-        info = logged_model.log_model(refit.estimator, schema.input_example(refit.x_train), profile)
-    return run.info.run_id, info.model_uri
+        info = logged_model.log_model(
+            refit.estimator, schema.input_example(refit.x_train), profile, intervals=calibrated
+        )
+    return run.info.run_id, info.model_uri, interval_metrics
 
 
 def evaluation_artifacts(
@@ -182,8 +199,11 @@ def register_and_gate(
     best: Any,
     refit: Refit,
     data_sha256: str,
+    *,
+    coverage: float | None = None,
 ) -> registry.Decision:
-    """Register the final model and let the gate decide its alias on the same held-out rows."""
+    """Register the final model and let the gate decide its alias on the same held-out rows
+    (and on the held-out `coverage` of its 0.9 intervals)."""
     cv = best.user_attrs["cv"]["mean"]
     version = registry.register(
         model_uri,
@@ -195,6 +215,7 @@ def register_and_gate(
             **registry.evaluation_tags(data_sha256, "grouped", config.seed, config.test_size),
             **{f"test_{k}": f"{v:.6f}" for k, v in refit.test_metrics.items()},
             **{f"cv_{k}": f"{v:.6f}" for k, v in cv.items()},
+            **({registry.COVERAGE_TAG: f"{coverage:.6f}"} if coverage is not None else {}),
         },
         tracking_uri=config.tracking_uri,
     )
@@ -206,4 +227,5 @@ def register_and_gate(
         refit.y_test,
         force=config.force,
         tracking_uri=config.tracking_uri,
+        coverage=coverage,
     )
