@@ -103,6 +103,8 @@ def test_a_level_needing_more_rows_than_there_are_is_refused_by_name() -> None:
         intervals.parse_levels([0.8, 0.95], 18)
     with pytest.raises(ParameterError, match="within"):
         intervals.parse_levels([0.9, 1.0])
+    with pytest.raises(ParameterError, match="at most 6 significant digits"):
+        intervals.parse_levels([0.9, 0.9000001])  # both would be named lower_0.9
     scores = np.arange(1.0, 20.0)  # 19 residuals: the 0.95 quantile is the largest
     assert intervals.half_width(scores, 0.95) == 19.0
     assert intervals.half_width(scores, 0.9) == 18.0  # ceil(20 * 0.9) = 18th
@@ -195,6 +197,7 @@ def test_invocations_add_the_bounds_when_asked_and_nothing_otherwise(served, red
         ({"interval": 0.85}, "no interval calibrated at 0.85; this model has 0.8, 0.9, 0.95"),
         ({"interval": "wide"}, "interval must be a number such as 0.9, got 'wide'"),
         ({"interval": True}, "interval must be a number such as 0.9, got True"),
+        ({"interval": "nan"}, "interval must be a number such as 0.9, got 'nan'"),
         ({"level": 0.9}, "unknown params ['level']; this model takes 'interval'"),
         ([0.9], "params must be an object such as {'interval': 0.9}"),
     ],
@@ -292,3 +295,17 @@ def test_predict_refuses_an_uncalibrated_level_and_writes_nothing(
     assert done.exit_code == 2
     assert "no interval calibrated at 0.85; this model has 0.8, 0.9, 0.95" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interval_too_large_for_a_float_is_a_400_not_a_500(served, red_split) -> None:
+    url, _ = served
+    rows = red_split[1][FEATURES].head(1).to_numpy().tolist()
+    body = (
+        b'{"dataframe_split": {"columns": ' + json.dumps(FEATURES).encode()
+        + b', "data": ' + json.dumps(rows).encode()
+        + b'}, "params": {"interval": 1' + b"0" * 400 + b"}}"
+    )  # fmt: skip
+    answer = httpx.post(url + "/invocations", content=body,
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 400
+    assert answer.json()["message"].startswith("interval must be a number such as 0.9, got ")

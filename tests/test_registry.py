@@ -167,3 +167,30 @@ def test_the_sweeps_gate_keeps_a_miscalibrated_challenger_out() -> None:
     assert decision.reason.startswith("intervals keep their promise: its 0.9 intervals covered")
     assert registry.decide("m", "2", 0.5, "1", 0.7, coverage=0.91).alias == "champion"
     assert registry.decide("m", "2", 0.5, "1", 0.7).alias == "champion"  # none calibrated
+
+
+def test_the_coverage_boundary_is_inclusive_both_ways_and_a_first_version_is_checked() -> None:
+    assert registry.coverage_check(0.86).passed
+    assert registry.coverage_check(0.94).passed
+    assert not registry.coverage_check(0.8599).passed
+    first = registry.decide("m", "1", 0.7, None, None, coverage=0.7)
+    assert first.alias == "challenger"
+    assert "(no champion yet)" in first.reason
+    assert [c.name for c in first.checks] == ["intervals keep their promise"]
+    assert registry.decide("m", "1", 0.7, None, None, coverage=0.9).alias == "champion"
+    assert registry.decide("m", "1", 0.7, None, None, coverage=0.7, force=True).alias == "champion"
+
+
+def test_promoting_a_miscalibrated_first_version_needs_force(trained_model) -> None:
+    uri, name = trained_model.tracking_uri, "first-loose"
+    loose = registry.register(
+        trained_model.model_uri,
+        name,
+        tags={**SPLIT_A, "test_rmse": "0.700000", registry.COVERAGE_TAG: "0.700000"},
+        tracking_uri=uri,
+    )
+    with pytest.raises(PromotionRefused, match=r"intervals keep their promise: its 0\.9 intervals"):
+        registry.promote(name, loose, tracking_uri=uri)
+    forced = registry.promote(name, loose, force="known wide", tracking_uri=uri)
+    assert forced.alias == "champion"
+    assert forced.reason.startswith("--force (known wide): intervals keep their promise")

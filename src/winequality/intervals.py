@@ -8,11 +8,12 @@ the interval of a new wine is the model's prediction (the model fitted on all th
 minus that half-width. This is MAPIE's `CrossConformalRegressor(method="base")`
 (tests/test_intervals.py pins the numbers against MAPIE fed the same folds).
 
-The guarantee is approximate for this method: cross-conformal intervals cover at least
-1 - 2·alpha in theory and, in practice, close to 1 - alpha; coverage is *marginal* (over wines
-like the training ones, not for every grade or every wine), and says nothing for wines unlike
-them. What is checked is the held-out coverage, logged per level with the mean width and a table
-by grade.
+This method ("base": one model's prediction plus or minus a quantile of out-of-fold residuals)
+has no finite-sample guarantee (the "plus" variant's 1 - 2·alpha needs every fold's model at
+serving time); its coverage is empirical, close to 1 - alpha in practice and slightly wide,
+*marginal* (over wines like the training ones, not for every grade or every wine), and nothing
+for wines unlike them. What is checked is the held-out coverage, logged per level with the mean
+width and a table by grade, and gated at 0.9 (`registry.coverage_check`).
 
 What serving needs travels in the model's folder (`intervals.json`: the half-width per level):
 scoring a range costs two additions.
@@ -78,6 +79,9 @@ def parse_levels(levels: Iterable[float], rows: int | None = None) -> tuple[floa
     bad = [level for level in found if not 0.0 < level < 1.0]
     if bad:
         raise ParameterError(f"interval levels must be within (0, 1), got {bad}")
+    blurred = [level for level in found if float(level_label(level)) != level]
+    if blurred:  # two levels must never share a name (lower_0.9)
+        raise ParameterError(f"interval levels take at most 6 significant digits, got {blurred}")
     if rows is not None:
         short = [level for level in found if rows_needed(level) > rows]
         if short:
@@ -108,8 +112,11 @@ class Intervals:
             raise ParameterError(f"interval must be a number such as 0.9, got {asked!r}")
         try:
             value = float(asked)
-        except ValueError:
-            raise ParameterError(f"interval must be a number such as 0.9, got {asked!r}") from None
+        except (ValueError, OverflowError):  # (an integer of 400 digits overflows a float)
+            value = math.nan
+        if not math.isfinite(value):
+            shown = asked if len(repr(asked)) <= 40 else f"{repr(asked)[:37]}..."
+            raise ParameterError(f"interval must be a number such as 0.9, got {shown!r}")
         if level_label(value) not in self.half_widths:
             raise ParameterError(
                 f"no interval calibrated at {asked}; this model has "

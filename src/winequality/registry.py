@@ -78,7 +78,7 @@ def coverage_check(coverage: float | None) -> Check:
     name = "intervals keep their promise"
     if coverage is None:
         return Check(name, True, "no intervals calibrated at 0.9 (not checked)")
-    passed = abs(coverage - COVERAGE_LEVEL) <= COVERAGE_TOLERANCE
+    passed = round(abs(coverage - COVERAGE_LEVEL), 9) <= COVERAGE_TOLERANCE  # 0.86 passes
     return Check(
         name,
         passed,
@@ -107,7 +107,7 @@ class Decision:
     previous_version: str | None
     previous_score: float | None
     reason: str
-    checks: tuple[Check, ...] = ()  # what the gate looked at (none for a first champion)
+    checks: tuple[Check, ...] = ()  # what the gate looked at (a first version: its intervals)
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,9 @@ def decide(
     """The gate's rule: lower `metric` wins; the first version and `force` win outright. A
     challenger whose 0.9 intervals missed their coverage (`coverage_check`) does not win."""
     promise = coverage_check(coverage)
-    if champion is None:
+    if champion is None and not promise.passed and not force:
+        alias, reason = CHALLENGER, f"{promise.name}: {promise.reason} (no champion yet)"
+    elif champion is None:
         alias, reason = CHAMPION, "first version: no champion yet"
     elif champion == version:
         alias, reason = CHAMPION, "already the champion"
@@ -224,7 +226,7 @@ def decide(
             f"({champion_score:.4f}) on the same held-out rows"
         )
     previous = champion if champion != version else None
-    checks: tuple[Check, ...] = ()
+    checks: tuple[Check, ...] = (promise,) if champion is None else ()
     if previous is not None:
         won = alias == CHAMPION and not force
         compared = reason if promise.passed else "not compared: its intervals failed their check"
@@ -322,9 +324,19 @@ def promote(
     current = alias_version(client, name, CHAMPION)
     score = _score(candidate, metric)
     if current is None or current == version:
+        covered = candidate.tags.get(COVERAGE_TAG)
+        promise = coverage_check(float(covered) if covered is not None else None)
+        if current is None and not promise.passed and not force:
+            raise PromotionRefused(
+                f"{name} v{version} is not promoted: {promise.name}: {promise.reason}. To "
+                f"promote it anyway: winequality promote {name} {version} --force REASON"
+            )
         why = "first champion" if current is None else "already the champion"
+        if current is None and not promise.passed:  # --force: recorded, as past any check
+            client.set_model_version_tag(name, version, FORCED_TAG, force)
+            why = f"--force ({force}): {promise.name}: {promise.reason}"
         _crown(client, name, version, "promote")
-        return Decision(name, version, CHAMPION, score, None, None, why)
+        return Decision(name, version, CHAMPION, score, None, None, why, (promise,))
     champion = _version(client, name, current)
     checks = evaluation_checks(candidate, champion, metric)
     failed = [c for c in checks if not c.passed]

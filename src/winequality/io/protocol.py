@@ -91,7 +91,7 @@ class ScoringRequest:
 
 
 def parse_body(content: bytes, *, allow_out_of_range: bool = False) -> Validation:
-    """A request body in MLflow's JSON protocol, checked (its params aside)."""
+    """A request body in MLflow's JSON protocol, checked (its params checked, not returned)."""
     return parse_request(content, allow_out_of_range=allow_out_of_range).checked
 
 
