@@ -231,7 +231,10 @@ class _Tensor:
         if values.dtype.kind not in "iuf" or (values.size == 0 and count):
             values = _cells(self.data)  # null, text, booleans, ragged lists: cell by cell
         elif self.datatype == "FP32":
-            values = values.astype(np.float32)  # the float32 the client meant, then widened
+            # the float32 the client meant, then widened; one beyond float32 becomes inf, which
+            # the validator refuses by row and column (no warning: it is the input's, not ours)
+            with np.errstate(over="ignore"):
+                values = values.astype(np.float32)
         values = values.reshape(-1)
         if values.size != count:
             raise PayloadError(
