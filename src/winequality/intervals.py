@@ -38,6 +38,7 @@ __all__ = [
     "INTERVALS_FILE",
     "METHOD",
     "Intervals",
+    "asked_level",
     "bound_names",
     "calibrate",
     "coverage",
@@ -160,6 +161,19 @@ class Intervals:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             why = first_line(exc)
             raise ModelLoadError(f"{folder}: unreadable {INTERVALS_FILE}: {why}") from exc
+
+
+def asked_level(calibrated: Intervals | None, asked: Any, what: str) -> float | None:
+    """The calibrated level a request or a command asks for (None: it asks none);
+    ParameterError for a model without intervals (`what` names it) or a level it lacks."""
+    if asked is None:
+        return None
+    if calibrated is None:
+        raise ParameterError(
+            f"{what} has no calibrated intervals (it was logged before winequality calibrated "
+            "them); retrain it with `winequality train` or `sweep`"
+        )
+    return calibrated.level(asked)
 
 
 def out_of_fold(

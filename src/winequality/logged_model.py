@@ -28,7 +28,13 @@ import pandas as pd
 from winequality import schema, tracking
 from winequality.drift import PROFILE_FILE, Profile
 from winequality.errors import ModelCheckError, ModelLoadError, first_line
-from winequality.intervals import INTERVALS_FILE, Intervals
+from winequality.intervals import (
+    INTERVALS_FILE,
+    Intervals,
+    coverage,
+    coverage_by_grade,
+    level_label,
+)
 
 if TYPE_CHECKING:
     from winequality.data import WineData
@@ -178,19 +184,15 @@ def log_interval_checks(
     coverage by grade (a table artifact) for the active run; the metrics, returned."""
     import mlflow
 
-    from winequality import intervals
-
     metrics: dict[str, float] = {}
     for level in calibrated.levels:
         lower, upper = calibrated.bounds(predicted, level)
-        label = intervals.level_label(level)
-        metrics[f"test_coverage_{label}"] = intervals.coverage(actual, lower, upper)
+        label = level_label(level)
+        metrics[f"test_coverage_{label}"] = coverage(actual, lower, upper)
         metrics[f"test_interval_width_{label}"] = float(np.mean(upper - lower))
     mlflow.log_metrics(metrics)
-    mlflow.log_params(
-        {"interval_levels": ",".join(intervals.level_label(v) for v in calibrated.levels)}
-    )
-    table = intervals.coverage_by_grade(actual, predicted, calibrated)
+    mlflow.log_params({"interval_levels": ",".join(level_label(v) for v in calibrated.levels)})
+    table = coverage_by_grade(actual, predicted, calibrated)
     mlflow.log_table(pd.DataFrame(table), artifact_file=COVERAGE_TABLE)
     return metrics
 

@@ -124,18 +124,6 @@ class _StreamRun:
             table = table.append_column(FLAG_COLUMN, pa.array(outside.any(axis=1)))
         return table
 
-    def _check_interval(self) -> None:
-        if self.interval is None:
-            return
-        assert self.scorer is not None
-        calibrated = self.scorer.model.intervals
-        if calibrated is None:
-            raise ParameterError(
-                f"{self.model_uri} has no calibrated intervals (it was logged before winequality "
-                "calibrated them); retrain it with `winequality train` or `sweep`"
-            )
-        calibrated.level(self.interval)  # ParameterError naming the levels there are
-
     def each_pass(self, batches: Iterator[reader.Batch]) -> PredictResult:
         """One read of the input: check every batch, score and write while all passed."""
         import pyarrow as pa
@@ -155,7 +143,11 @@ class _StreamRun:
                 if problems.ok:  # after the first problem, only check the rest
                     if self.scorer is None:
                         self.scorer = load_scorer(self.model_uri, self.tracking_uri)
-                        self._check_interval()
+                        # refused before anything is written: a model without intervals,
+                        # or a level it was not calibrated at (naming those it was)
+                        intervals.asked_level(
+                            self.scorer.model.intervals, self.interval, self.model_uri
+                        )
                     features = batch.validation.features
                     table = _output(batch, self.scorer.predict(features), self)
                     if self.scorer.model.profile is not None:

@@ -304,8 +304,7 @@ def evaluation_checks(candidate: Any, champion: Any, metric: str = "rmse") -> tu
             f"{metric} {score:.4f} {'beats' if won else 'does not beat'} champion "
             f"v{champion.version} ({best:.4f}) on the same held-out rows",
         )
-    covered = mine.get(COVERAGE_TAG)
-    return alike, better, coverage_check(float(covered) if covered is not None else None)
+    return alike, better, coverage_check(_coverage(candidate))
 
 
 def promote(
@@ -324,8 +323,7 @@ def promote(
     current = alias_version(client, name, CHAMPION)
     score = _score(candidate, metric)
     if current is None or current == version:
-        covered = candidate.tags.get(COVERAGE_TAG)
-        promise = coverage_check(float(covered) if covered is not None else None)
+        promise = coverage_check(_coverage(candidate))
         if current is None and not promise.passed and not force:
             raise PromotionRefused(
                 f"{name} v{version} is not promoted: {promise.name}: {promise.reason}. To "
@@ -408,6 +406,12 @@ def _version(client: Any, name: str, version: str) -> Any:
         return client.get_model_version(name, version)
     except MlflowException as exc:
         raise NotFoundError(f"{name} has no version {version}: {first_line(exc)}") from None
+
+
+def _coverage(version: Any) -> float | None:
+    """A version's held-out coverage at 0.9, as `register` recorded it (None: not calibrated)."""
+    covered = version.tags.get(COVERAGE_TAG)
+    return float(covered) if covered is not None else None
 
 
 def _score(version: Any, metric: str) -> float:

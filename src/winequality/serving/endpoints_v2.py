@@ -132,8 +132,10 @@ class V2Endpoints:
         named: dict[str, float] = {}
         for name in decoded.outputs:
             if name != OUTPUT:
-                named[name] = interval_level(served, name.partition("_")[2]) or 0.0
-                spelled = bound_names(named[name])
+                asked = interval_level(served, name.partition("_")[2])
+                assert asked is not None  # (a name was given: a level, or an error)
+                named[name] = asked
+                spelled = bound_names(asked)
                 if name not in spelled:
                     raise PayloadError(f"unknown output {name!r}; write it {spelled[0]!r} or so")
         scored = score(served, decoded.features, decoded.warnings, self.metrics)

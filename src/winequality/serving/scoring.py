@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from winequality import drift
-from winequality.errors import ParameterError
-from winequality.intervals import bound_names
+from winequality.intervals import asked_level, bound_names
 from winequality.schema import FEATURE_NAMES, FeatureIssue
 from winequality.serving.follower import ServedModel
 from winequality.serving.metrics import ServerMetrics
@@ -85,15 +84,7 @@ def _warning_header(issues: list[FeatureIssue], extra: str = "") -> dict[str, st
 def interval_level(served: ServedModel, asked: Any) -> float | None:
     """The calibrated level a request asks for (None: it asks none); ParameterError (400) for
     a level the model was not calibrated at, naming those it was, or a model without any."""
-    if asked is None:
-        return None
-    intervals = served.scorer.model.intervals
-    if intervals is None:
-        raise ParameterError(
-            f"model version {served.version} has no calibrated intervals (it was logged before "
-            "winequality calibrated them); retrain it with `winequality train` or `sweep`"
-        )
-    return intervals.level(asked)
+    return asked_level(served.scorer.model.intervals, asked, f"model version {served.version}")
 
 
 def interval_bounds(
