@@ -10,12 +10,16 @@ that skip into a failure: CI never skips a tier silently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +221,27 @@ def wait_for(
             pass
         time.sleep(0.2)  # (a 503 while the model loads, too)
     raise AssertionError("server did not start")
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """MLflow's own tracking server (SQLite store, artifacts proxied as `mlflow-artifacts:/`) on
+    a free loopback port, stopped with its workers when the block ends."""
+    port = free_port()
+    server = subprocess.Popen(
+        [Path(sys.executable).with_name("mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, server, path="/health")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        close_pipes(server)
 
 
 def close_pipes(process: subprocess.Popen) -> None:

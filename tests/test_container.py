@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import free_port, metric, tier_unavailable
+from tests.conftest import free_port, metric, mlflow_server, tier_unavailable
 from winequality.schema import FEATURE_NAMES
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -251,23 +251,7 @@ def test_the_image_follows_a_registry_alias_through_a_tracking_server(
     from winequality import registry
     from winequality.train import TrainConfig, train
 
-    port = free_port()
-    tracking = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [Path(sys.executable).with_name("mlflow"), "server", "--host", "127.0.0.1",
-         "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(tracking + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.3)
+    with mlflow_server(tmp_path) as tracking:
         versions = []
         for alpha in (0.7, 0.05):  # two models that answer differently
             result = train(TrainConfig(alpha=alpha, tracking_uri=tracking, output_dir=None))
@@ -299,9 +283,6 @@ def test_the_image_follows_a_registry_alias_through_a_tracking_server(
         assert score(container.url, wines) != first
         status, _ = container.terminate()
         assert status == 0, container.logs()
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
 
 
 def test_the_image_holds_the_serving_set_only(base, image) -> None:

@@ -55,6 +55,38 @@ def test_white_wines_drift_in_the_server_and_are_flagged_outside_training(
     assert metric(text, "winequality_outside_training_range_total", feature="residual sugar") > 100
 
 
+def test_the_range_warning_says_an_asked_interval_is_not_guaranteed_there(
+    scorer, trained_model, white, tmp_path, monkeypatch
+) -> None:
+    rows = white.head(40)
+    app_ = create_app(scorer, name="red")
+    with ServerThread(app_) as url, httpx.Client(base_url=url, timeout=30) as http:
+        plain = http.post("/invocations", json=body(rows)).json()["warnings"][0]["reason"]
+        asked = http.post("/invocations", json={**body(rows), "params": {"interval": 0.9}}).json()
+        v2 = http.post(
+            "/v2/models/red/infer",
+            json={
+                "inputs": [{"name": "input", "datatype": "FP64", "shape": [len(rows), 11],
+                            "data": rows[COLUMNS].to_numpy().ravel().tolist()}],
+                "parameters": {"interval": 0.9},
+            },
+        )  # fmt: skip
+    caveat = "(scored anyway; its interval is not guaranteed there)"
+    assert plain.endswith("(scored anyway)")
+    assert asked["warnings"][0]["reason"].endswith(caveat)
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["parameters"]["warnings"][0]["reason"].endswith(caveat)
+    source = tmp_path / "white.csv"
+    rows.to_csv(source, index=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    done = runner.invoke(
+        app, ["predict", "--model", trained_model.model_uri, "--input", str(source),
+              "--interval", "0.9", "--output", str(tmp_path / "out.csv")],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert caveat in done.stderr
+
+
 def test_drift_command_flags_white_wines_and_passes_red_held_out_rows(
     trained_model, red, white, tmp_path, monkeypatch
 ) -> None:

@@ -257,6 +257,15 @@ def test_a_model_logged_before_intervals_serves_and_says_it_has_none(
         asked = httpx.post(url + "/invocations", json=split_body(wines, params={"interval": 0.9}))
         assert asked.status_code == 400
         assert "has no calibrated intervals (it was logged before" in asked.json()["message"]
+        assert httpx.get(url + "/metadata").json()["interval_levels"] == []
+        page = httpx.get(url + "/").text  # the page asks for no range
+        assert '"level":null' in page
+
+
+def test_the_page_asks_for_the_09_range_and_metadata_names_the_levels(served) -> None:
+    url, _ = served
+    assert httpx.get(url + "/metadata").json()["interval_levels"] == [0.8, 0.9, 0.95]
+    assert '"level":0.9' in httpx.get(url + "/").text
 
 
 # --- batch ---------------------------------------------------------------------------------------

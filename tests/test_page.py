@@ -88,6 +88,9 @@ def test_predicting_shows_the_score(browser, page_url, scorer) -> None:
     text = wait_text(browser, "#result")
     expected = scorer.predict(scorer.model.input_example.to_numpy())[0]
     assert text == f"quality ≈ {expected:.2f}"
+    half = scorer.model.intervals.half_widths["0.9"]  # the range beside it, at 0.9
+    low, high = expected - half, expected + half
+    assert wait_text(browser, "#range") == f"90 % range {low:.2f} – {high:.2f}"
 
 
 def test_errors_appear_next_to_the_offending_fields(browser, page_url) -> None:

@@ -160,6 +160,34 @@ def test_cli_prints_the_counts(trained_model, tmp_path, monkeypatch) -> None:
     assert "0 quarantined" in answer.stderr
 
 
+def test_interval_bounds_match_predicts_and_an_uncalibrated_level_runs_no_task(
+    trained_model, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    red = data.load().frame.head(50)
+    source = tmp_path / "red.csv"
+    red.to_csv(source, sep=";", index=False)
+    command = ["predict", "--engine", "spark", "--model", trained_model.model_uri,
+               "--input", str(source)]  # fmt: skip
+    refused = runner.invoke(app, [*command, "--output", str(tmp_path / "no"), "--interval", "0.5"])
+    assert refused.exit_code == 2, refused.output
+    assert "no interval calibrated at 0.5; this model has 0.8, 0.9, 0.95" in refused.stderr
+    assert not (tmp_path / "no").exists()
+
+    answer = runner.invoke(app, [*command, "--output", str(tmp_path / "out"), "--interval", "0.9"])
+    assert answer.exit_code == 0, answer.output
+    scored = read(tmp_path / "out" / "predictions")
+    assert list(scored.columns[-3:]) == ["prediction", "lower_0.9", "upper_0.9"]
+    local = predict_file(
+        trained_model.model_uri, source, tracking_uri=trained_model.tracking_uri, interval=0.9
+    ).frame
+    # every cell read as text on both paths, in file order: row_id follows it within one file
+    for column in ("prediction", "lower_0.9", "upper_0.9"):
+        np.testing.assert_allclose(scored[column], local[column], rtol=0, atol=1e-12)
+    half = trained_model.result.intervals.half_widths["0.9"]
+    np.testing.assert_allclose(scored["upper_0.9"] - scored["prediction"], half, atol=1e-12)
+
+
 def test_uris_go_through_hadoops_file_system_in_a_session_left_running(
     trained_model, tmp_path
 ) -> None:

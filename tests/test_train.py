@@ -77,7 +77,7 @@ def test_the_run_holds_everything_the_tutorial_logged_and_more(trained) -> None:
     assert {"mae", "r2", "training_r2_score", "training_root_mean_squared_error"} <= set(metrics)
     assert not [m for m in metrics if "X_test" in m]  # no duplicate post-training metrics
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
-    assert contexts == {"training", "testing"}
+    assert contexts == {"train", "test"}
     assert all(i.dataset.digest and i.dataset.source for i in run.inputs.dataset_inputs)
     files = [a.path for a in client.list_artifacts(result.run_id)]
     assert "winequality-red.csv" in files

@@ -211,10 +211,13 @@ def outside_training(
 
 
 def outside_issues(
-    profile: Profile, outside: np.ndarray, features: np.ndarray
+    profile: Profile, outside: np.ndarray, features: np.ndarray, *, interval: bool = False
 ) -> list[FeatureIssue]:
     """The training-range warning, one issue per feature with rows beyond it (`outside` is
-    `outside_training`'s mask): its one wording, for files and HTTP answers alike."""
+    `outside_training`'s mask): its one wording, for files and HTTP answers alike. With
+    `interval` (bounds were asked for), it says that their coverage does not hold there: the
+    calibration rows all lay inside the range."""
+    scored = "scored anyway; its interval is not guaranteed there" if interval else "scored anyway"
     issues = []
     for j in np.flatnonzero(outside.any(axis=0)):
         feature = profile.features[j]
@@ -223,8 +226,7 @@ def outside_issues(
             FeatureIssue(
                 "outside_training",
                 feature.name,
-                f"outside the training range [{feature.minimum:g}, {feature.maximum:g}] "
-                "(scored anyway)",
+                f"outside the training range [{feature.minimum:g}, {feature.maximum:g}] ({scored})",
                 tuple(rows.tolist()),
                 tuple(features[rows[:SAMPLE_VALUES], j].tolist()),
             )

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COVERAGE_TABLE",
+    "HELD_OUT_ARTIFACT",
     "MODEL_NAME",
     "PICKLE_SWITCH",
     "TRUSTED_TYPES",
@@ -54,6 +55,7 @@ __all__ = [
     "parse_serving_input",
     "pip_requirements",
     "provenance_tags",
+    "read_held_out",
     "skops_trusted_types",
     "verify",
 ]
@@ -157,21 +159,96 @@ def _git_commit(folder: Path) -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
+HELD_OUT_ARTIFACT = "held_out/test.csv"  # the rows the run's test metrics come from
+
+
 def log_datasets(wine: WineData, train_frame: pd.DataFrame, test_frame: pd.DataFrame) -> None:
-    """Train and test frames as MLflow datasets of the active run (contexts training/testing)."""
+    """Train and held-out rows as the active run's dataset inputs (contexts train and test).
+
+    The training rows are named by the data's source. The held-out rows are logged as an
+    artifact of the run and their dataset names where that artifact landed, in a form MLflow's
+    dataset sources can load, so that coverage or `mlflow.models.evaluate` can be rerun from the
+    run alone (`read_held_out`) without rebuilding the split.
+    """
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
 
+    folder, file_name = HELD_OUT_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="winequality-held-out-") as scratch:
+        path = Path(scratch) / file_name
+        # pandas writes each float's shortest exact form: read back, the rows are the same bits
+        test_frame.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=folder)
+    held_out_source = _loadable_source(
+        mlflow.get_artifact_uri(HELD_OUT_ARTIFACT), mlflow.get_tracking_uri()
+    )
     stem = Path(wine.name).stem
-    for frame, context in ((train_frame, "training"), (test_frame, "testing")):
+    frames = {
+        "train": (train_frame, wine.source),
+        "test": (test_frame, held_out_source or wine.source),
+    }
+    for context, (frame, source) in frames.items():
         with warnings.catch_warnings():
             # MLflow hints that an int column cannot hold NaN (quality is an int on purpose)
             # and that a local path matches its local-source class twice; neither is actionable.
             warnings.simplefilter("ignore", UserWarning)
             dataset = from_pandas(
-                frame, source=wine.source, targets=schema.TARGET.name, name=f"{stem}-{context}"
+                frame, source=source, targets=schema.TARGET.name, name=f"{stem}-{context}"
             )
             mlflow.log_input(dataset, context=context)
+
+
+def _loadable_source(artifact_uri: str, tracking_uri: str) -> str | None:
+    """Where a logged artifact can be loaded from by MLflow's dataset sources, or None.
+
+    A local store's artifact URI is a file path they load. They do not resolve `runs:/` or a
+    tracking server's `mlflow-artifacts:/`; the latter is the server's artifact proxy, which
+    answers plain HTTP, so its URL is what they can load (without credentials).
+    """
+    from urllib.parse import urlparse
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.exceptions import MlflowException
+
+    candidate = artifact_uri
+    if urlparse(artifact_uri).scheme == "mlflow-artifacts":
+        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+        try:
+            candidate = MlflowArtifactsRepository.resolve_uri(  # type: ignore[no-untyped-call]
+                artifact_uri, tracking_uri
+            )
+        except MlflowException:
+            return None
+    try:
+        with warnings.catch_warnings():
+            # a local path matches MLflow's local-source class twice: not actionable
+            warnings.simplefilter("ignore", UserWarning)
+            resolve_dataset_source(candidate)
+    except MlflowException:
+        return None
+    return candidate
+
+
+def read_held_out(run_id: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The held-out rows a run's test metrics were computed on, from the run alone.
+
+    Fetched with `MlflowClient.download_artifacts`, which reaches every store (a tracking
+    server's proxy included, with its credentials). A run logged before the held-out rows
+    travelled with it is a ModelLoadError naming what is missing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="winequality-held-out-") as scratch:
+        try:
+            path = tracking.client(tracking_uri).download_artifacts(
+                run_id, HELD_OUT_ARTIFACT, scratch
+            )
+        except (MlflowException, OSError) as error:
+            raise ModelLoadError(
+                f"run {run_id} has no held-out rows ({HELD_OUT_ARTIFACT}): {first_line(error)}"
+            ) from error
+        return pd.read_csv(path)
 
 
 COVERAGE_TABLE = "interval_coverage_by_grade.json"

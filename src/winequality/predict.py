@@ -118,7 +118,8 @@ class _StreamRun:
         assert profile is not None
         features = batch.validation.features
         outside = drift.outside_training(profile, features)
-        for issue in drift.outside_issues(profile, outside, features):
+        asked = self.interval is not None
+        for issue in drift.outside_issues(profile, outside, features, interval=asked):
             problems.add_warning(issue, batch.start)
         if self.flag_outside:
             table = table.append_column(FLAG_COLUMN, pa.array(outside.any(axis=1)))

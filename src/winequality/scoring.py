@@ -63,6 +63,8 @@ class Scorer:
             + (f"({', '.join(n for n, _ in steps)})" if steps else ""),
             "signature": model.signature,
             "input_example": example,
+            # the levels `params`/`parameters` may ask bounds at (none: logged before intervals)
+            "interval_levels": list(model.intervals.levels) if model.intervals else [],
             "features": schema.feature_table(),
             "target": {
                 "name": schema.TARGET.name,

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from winequality import intervals
 from winequality.errors import DataError, ParameterError, first_line
 
 __all__ = ["ROW_COLUMNS", "SparkResult", "hadoop_gateway", "predict_spark", "score_batches"]
@@ -62,20 +63,23 @@ def predict_spark(
     allow_out_of_range: bool = False,
     overwrite: bool = False,
     tracking_uri: str | None = None,
+    interval: float | None = None,
 ) -> SparkResult:
     """Score `input_path` on Spark; see the module's docstring.
 
     `input_path` and `output` are local paths (on a file system the executors share, such as
     NFS) or URIs of any file system Spark's Hadoop layer reaches (`hdfs://`, `s3a://`,
     `abfss://`, `file://`). Local paths are checked before Spark starts; URIs as soon as the
-    session is up, through Hadoop's FileSystem API: before any task either way.
+    session is up, through Hadoop's FileSystem API: before any task either way. `interval` adds
+    the bounds of the prediction interval at that level (`lower_0.9`, `upper_0.9`) beside
+    `prediction`; a level the model was not calibrated at is refused before Spark starts.
     """
     checked_early = {}
     for role, path in (("output", output), ("input", input_path)):
         if not _is_uri(path):
             checked_early[role] = _check(_LOCAL, role, path, overwrite)
     with tempfile.TemporaryDirectory(prefix="winequality-spark-") as folder:
-        archive = _checked_model_archive(model_uri, tracking_uri, Path(folder))
+        archive, level = _checked_model_archive(model_uri, tracking_uri, Path(folder), interval)
         try:
             with warnings.catch_warnings():  # PySpark's notice about pandas 3: not our path
                 warnings.simplefilter("ignore", FutureWarning)
@@ -90,7 +94,7 @@ def predict_spark(
             hadoop = _HadoopFiles(spark)
             source = checked_early.get("input") or _check(hadoop, "input", input_path, overwrite)
             target = checked_early.get("output") or _check(hadoop, "output", output, overwrite)
-            return _run(spark, archive, source, target, allow_out_of_range)
+            return _run(spark, archive, source, target, allow_out_of_range, level)
         finally:
             if active is None:  # ours: stopped; a notebook's session is left running
                 spark.stop()
@@ -114,7 +118,12 @@ def _new_session(master: str) -> Any:
 
 
 def _run(
-    spark: Any, archive: Path, source: _Located, target: _Located, allow_out_of_range: bool
+    spark: Any,
+    archive: Path,
+    source: _Located,
+    target: _Located,
+    allow_out_of_range: bool,
+    interval: float | None,
 ) -> SparkResult:
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, StringType, StructField, StructType
@@ -135,8 +144,12 @@ def _run(
         names=names,
         allow_out_of_range=allow_out_of_range,
         decimal=source.decimal,
+        interval=interval,
     )
-    valid_schema = StructType([*frame.schema.fields, StructField("prediction", DoubleType())])
+    scored = ["prediction", *(intervals.bound_names(interval) if interval is not None else ())]
+    valid_schema = StructType(
+        [*frame.schema.fields, *(StructField(name, DoubleType()) for name in scored)]
+    )
     invalid_schema = StructType([*frame.schema.fields, StructField("problems", StringType())])
     # Pass 1 scores and writes the valid rows, and counts the others (an accumulator: a task
     # run twice can only count more, so "none" is exact). Pass 2, only when some row failed,
@@ -347,10 +360,12 @@ def score_batches(
     decimal: str,
     keep: str,
     refused: Any = None,
+    interval: float | None = None,
 ) -> Iterator[Any]:
     """In an executor: check each Arrow batch; with `keep="valid"`, score the valid rows and
-    yield them with `prediction` (adding the number of the others to the `refused`
-    accumulator); with `keep="invalid"`, yield the failed rows with their `problems`."""
+    yield them with `prediction` (and the interval's bounds when one is asked), adding the
+    number of the others to the `refused` accumulator; with `keep="invalid"`, yield the failed
+    rows with their `problems`."""
     import pyarrow as pa
 
     from winequality.io.reader import validate_table
@@ -377,10 +392,17 @@ def score_batches(
             if len(good) == 0:
                 continue
             scored = batch if len(good) == n else batch.take(pa.array(good))
-            prediction = scorer.predict(checked.features[good])  # type: ignore[union-attr]
+            assert scorer is not None
+            prediction = scorer.predict(checked.features[good])
+            columns, names_out = [prediction], ["prediction"]
+            if interval is not None:
+                calibrated = scorer.model.intervals
+                assert calibrated is not None  # (checked on the driver before any task)
+                columns += calibrated.bounds(prediction, interval)
+                names_out += intervals.bound_names(interval)
             yield pa.RecordBatch.from_arrays(
-                [*scored.columns, pa.array(prediction, type=pa.float64())],
-                names=[*batch.schema.names, "prediction"],
+                [*scored.columns, *(pa.array(c, type=pa.float64()) for c in columns)],
+                names=[*batch.schema.names, *names_out],
             )
         elif bad.any():
             rows = np.flatnonzero(bad)
@@ -412,9 +434,12 @@ def _executor_scorer(archive: str) -> Any:
     return scorer
 
 
-def _checked_model_archive(model_uri: str, tracking_uri: str | None, folder: Path) -> Path:
-    """The model folder, downloaded and loaded once on the driver (so a bad URI fails before
-    any task), zipped for `addFile`."""
+def _checked_model_archive(
+    model_uri: str, tracking_uri: str | None, folder: Path, interval: float | None
+) -> tuple[Path, float | None]:
+    """The model folder, downloaded and loaded once on the driver (so a bad URI or an
+    interval level the model lacks fails before any task), zipped for `addFile`; and the
+    calibrated level asked for."""
     from winequality.scoring import load_scorer
 
     local = Path(model_uri).expanduser()
@@ -433,10 +458,11 @@ def _checked_model_archive(model_uri: str, tracking_uri: str | None, folder: Pat
             from winequality.errors import ModelLoadError
 
             raise ModelLoadError(f"cannot load model {model_uri}: {first_line(exc)}") from exc
-    load_scorer(str(local))  # every check the batch path makes, on the driver
+    scorer = load_scorer(str(local))  # every check the batch path makes, on the driver
+    level = intervals.asked_level(scorer.model.intervals, interval, model_uri)
     archive = folder / f"winequality-model-{os.getpid()}-{abs(hash(model_uri)):x}.zip"
     with zipfile.ZipFile(archive, "w") as bundle:
         for path in sorted(local.rglob("*")):
             if path.is_file():
                 bundle.write(path, path.relative_to(local))
-    return archive
+    return archive, level

@@ -93,13 +93,9 @@ def predict(
     from winequality.predict import predict_file
 
     if engine is Engine.spark:
-        if interval is not None:
-            from winequality.errors import ParameterError
-
-            guard(lambda: _refuse(ParameterError("--interval is for the local engine (for now)")))
         _predict_on_spark(
             model, input_path, output, id_column, flag_outside, allow_out_of_range,
-            spark_master, overwrite, tracking_uri,
+            spark_master, overwrite, tracking_uri, interval,
         )  # fmt: skip
         return
 
@@ -134,10 +130,6 @@ def predict(
             err.print(f"wrote {result.rows} predictions to {output}")
 
 
-def _refuse(error: Exception) -> None:
-    raise error
-
-
 def _predict_on_spark(
     model: str,
     input_path: str,
@@ -148,6 +140,7 @@ def _predict_on_spark(
     master: str,
     overwrite: bool,
     tracking_uri: str | None,
+    interval: float | None,
 ) -> None:
     from winequality.errors import ParameterError
 
@@ -169,6 +162,7 @@ def _predict_on_spark(
             allow_out_of_range=allow_out_of_range,
             overwrite=overwrite,
             tracking_uri=tracking_uri,
+            interval=interval,
         )
 
     result = guard(run)

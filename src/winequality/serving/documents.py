@@ -117,7 +117,7 @@ def _cell(number: dict[str, Any]) -> dict[str, Any]:
 
 def render_page(metadata: dict[str, Any]) -> str:
     """resources/page.html (self-contained, no CDN): a form from the schema, prefilled with the
-    model's input example."""
+    model's input example; the score comes with its calibrated range when the model has one."""
     example = metadata.get("input_example") or {}
     rows = example.get("data") or [[f["typical"] for f in metadata["features"]]]
     fields = []
@@ -135,7 +135,13 @@ def render_page(metadata: dict[str, Any]) -> str:
         )
     options = "".join(f'<option value="{i}">example row {i + 1}</option>' for i in range(len(rows)))
     # Raw JSON inside <script>: entities are not decoded there; only "</" must not appear.
-    payload = {"rows": rows, "columns": [f["name"] for f in metadata["features"]]}
+    levels = metadata.get("interval_levels") or []
+    payload = {
+        "rows": rows,
+        "columns": [f["name"] for f in metadata["features"]],
+        # the range shown beside the score: 0.9's when the model has it, else its widest
+        "level": (0.9 if 0.9 in levels else max(levels)) if levels else None,
+    }
     data = orjson.dumps(payload).decode().replace("</", "<\\/")
     page = _resource("page.html")
     for key, value in (

@@ -89,7 +89,7 @@ class MLflowEndpoints:
                 self.metrics.refused(refused.issues)
             raise
         level = interval_level(served, params.get(INTERVAL_PARAM))  # before any scoring
-        scored = score(served, features, warnings, self.metrics)
+        scored = score(served, features, warnings, self.metrics, interval=level is not None)
         request.scope[ROWS_KEY] = len(scored.predictions)
         answer: dict[str, Any] = {"predictions": scored.predictions}
         if level is not None:

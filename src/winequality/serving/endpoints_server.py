@@ -48,7 +48,9 @@ class ServerEndpoints:
                 else (),
             )
         )
+        # rendered for the model served, again when the registry swaps it
         self.page = render_page(follower.current.scorer.metadata())
+        self.page_of = follower.current
 
     async def health(self, request: Request) -> Response:
         served = self.follower.current
@@ -79,6 +81,9 @@ class ServerEndpoints:
         return Response(self.openapi, media_type=JSON)
 
     async def index(self, request: Request) -> Response:
+        served = self.follower.current
+        if served is not self.page_of:
+            self.page, self.page_of = render_page(served.scorer.metadata()), served
         return HTMLResponse(self.page)
 
     async def metrics_text(self, request: Request) -> Response:

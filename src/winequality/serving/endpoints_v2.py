@@ -138,7 +138,8 @@ class V2Endpoints:
                 spelled = bound_names(asked)
                 if name not in spelled:
                     raise PayloadError(f"unknown output {name!r}; write it {spelled[0]!r} or so")
-        scored = score(served, decoded.features, decoded.warnings, self.metrics)
+        asked = level is not None or bool(named)
+        scored = score(served, decoded.features, decoded.warnings, self.metrics, interval=asked)
         rows = len(scored.predictions)
         request.scope[ROWS_KEY] = rows
         tensors = {OUTPUT: scored.predictions}

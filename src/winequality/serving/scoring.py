@@ -33,6 +33,7 @@ def score(
     features: np.ndarray,
     warnings: list[FeatureIssue],
     metrics: ServerMetrics | None,
+    interval: bool = False,
 ) -> Scored:
     predictions = served.scorer.predict(features)
     entries: list[dict[str, Any]] = []
@@ -42,7 +43,7 @@ def score(
     if profile is not None:
         outside = drift.outside_training(profile, features)
         if outside.any():
-            issues = drift.outside_issues(profile, outside, features)
+            issues = drift.outside_issues(profile, outside, features, interval=interval)
             entries = _entries(issues, features, outside)
             extra = f"{int(outside.any(axis=1).sum())} rows outside the training range"
         else:
