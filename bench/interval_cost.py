@@ -3,6 +3,8 @@
 - `winequality serve` (one worker, on core 0): one-row `/invocations` answers a second under
   4 closed-loop clients (this process, on core 1), the body without `params` against the same
   body with `"params": {"interval": 0.9}`, in alternating rounds (median of --rounds).
+  Then the same two bodies answered by the app in process, no HTTP (`app_rounds`): the
+  noise of a loopback benchmark on a shared machine is a few %, this is not.
 - `winequality predict` on 2M rows (the red wines repeated; CSV in, Parquet out), as a user runs
   it, cold, without and with `--interval 0.9`, alternating (median of --rounds); and the scoring
   itself in process (`Scorer.predict` on the 2M x 11 matrix, then the bounds: the floor of
@@ -102,6 +104,49 @@ def predict_rounds(model: str, big: Path, out: Path, rounds: int) -> tuple[list[
     return times["off"], times["on"]
 
 
+def app_rounds(model: str, bodies: dict[str, bytes], rounds: int = 7) -> dict[str, float]:
+    """Microseconds per one-row request answered by the app in this process, no HTTP: the
+    same ASGI stack `serve` runs (recorder, admission, routes), called directly; alternating
+    rounds of 2,000 requests, median."""
+    import asyncio
+
+    from winequality.scoring import load_scorer
+    from winequality.serving import create_app
+
+    app = create_app(load_scorer(model), model_uri=model)
+
+    async def call(body: bytes) -> None:
+        scope = {
+            "type": "http", "method": "POST", "path": "/invocations", "raw_path": b"/invocations",
+            "query_string": b"", "http_version": "1.1", "scheme": "http", "root_path": "",
+            "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+        }  # fmt: skip
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive() -> dict:
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                assert message["status"] == 200, message
+
+        await app(scope, receive, send)
+
+    async def measure() -> dict[str, float]:
+        took: dict[str, list[float]] = {key: [] for key in bodies}
+        for _ in range(rounds):
+            for key, body in bodies.items():
+                started = time.perf_counter()
+                for _ in range(2000):
+                    await call(body)
+                took[key].append((time.perf_counter() - started) / 2000 * 1e6)
+        return {key: statistics.median(values) for key, values in took.items()}
+
+    return asyncio.run(measure())
+
+
 def in_process(model: str, rows: int) -> tuple[float, float]:
     from winequality.scoring import load_scorer
 
@@ -135,6 +180,15 @@ def main() -> None:
 
         pd.concat([frame] * copies).head(options.rows).to_csv(big, index=False)
         off, on = serve_rounds(model, options.rounds, options.seconds)
+        row = frame[FEATURES].head(1).to_numpy().tolist()
+        plain_body = {"dataframe_split": {"columns": FEATURES, "data": row}}
+        app_us = app_rounds(
+            model,
+            {
+                "off": json.dumps(plain_body).encode(),
+                "on": json.dumps({**plain_body, "params": {"interval": 0.9}}).encode(),
+            },
+        )
         print(
             f"serve, one row per request, 4 closed-loop clients, {options.seconds:g} s x "
             f"{options.rounds} rounds (median answers/s):"
@@ -145,6 +199,10 @@ def main() -> None:
         print(
             f"| params interval 0.9 | {statistics.median(on):,.0f} | "
             f"{statistics.median(on) / statistics.median(off):.3f} |"
+        )
+        print(
+            f"| in process, no HTTP: us per request without / with params | "
+            f"{app_us['off']:.1f} / {app_us['on']:.1f} | {app_us['off'] / app_us['on']:.3f} |"
         )
         p_off, p_on = predict_rounds(model, big, folder / "out.parquet", options.rounds)
         plain, bounds = in_process(model, options.rows)

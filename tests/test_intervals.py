@@ -96,6 +96,18 @@ def test_folds_that_score_a_row_twice_or_on_its_own_fit_are_refused() -> None:
         intervals.out_of_fold(lambda: elasticnet(), x, y, halves)
 
 
+def test_a_level_is_read_as_the_model_writes_it() -> None:
+    calibrated = intervals.Intervals({"0.8": 1.0, "0.9": 1.5}, 100, 5, 0)
+    assert calibrated.levels == (0.8, 0.9)
+    for asked in (0.9, "0.9", "0.90", 0.9000000001):
+        level = calibrated.level(asked)
+        assert level == 0.9
+        lower, upper = calibrated.bounds(np.array([5.0]), level)
+        assert (lower[0], upper[0]) == (3.5, 6.5)
+    assert list(calibrated.named_bounds(np.array([5.0]), 0.8)) == ["lower_0.8", "upper_0.8"]
+    assert calibrated == intervals.Intervals.from_dict(calibrated.to_dict())
+
+
 def test_a_level_needing_more_rows_than_there_are_is_refused_by_name() -> None:
     assert [intervals.rows_needed(v) for v in (0.8, 0.9, 0.95)] == [4, 9, 19]
     assert intervals.parse_levels([0.95, 0.8, 0.9], 19) == (0.8, 0.9, 0.95)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +102,25 @@ class Intervals:
     folds: int
     seed: int
     method: str = METHOD
+    # level -> (half-width, lower name, upper name): what a request needs, looked up once
+    _by_level: dict[float, tuple[float, str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_level = {
+            float(label): (half, *bound_names(float(label)))
+            for label, half in self.half_widths.items()
+        }
+        object.__setattr__(self, "_by_level", by_level)
 
     @property
     def levels(self) -> tuple[float, ...]:
-        return tuple(sorted(float(label) for label in self.half_widths))
+        return tuple(sorted(self._by_level))
 
     def level(self, asked: Any) -> float:
-        """The calibrated level `asked` names; ParameterError naming those there are."""
+        """The calibrated level `asked` names (as the model writes it); ParameterError naming
+        those there are."""
+        if type(asked) is float and asked in self._by_level:
+            return asked  # what nearly every request sends: 0.9
         if isinstance(asked, bool) or not isinstance(asked, int | float | str):
             raise ParameterError(f"interval must be a number such as 0.9, got {asked!r}")
         try:
@@ -123,11 +135,17 @@ class Intervals:
                 f"no interval calibrated at {asked}; this model has "
                 + ", ".join(level_label(level) for level in self.levels)
             )
-        return value
+        return float(level_label(value))
 
     def bounds(self, predictions: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-        half = self.half_widths[level_label(level)]
+        """The bounds of each prediction at a calibrated `level` (as `level()` returns it)."""
+        half = self._by_level[level][0]
         return predictions - half, predictions + half
+
+    def named_bounds(self, predictions: np.ndarray, level: float) -> dict[str, np.ndarray]:
+        """`bounds` under their names: {"lower_0.9": …, "upper_0.9": …}."""
+        half, lower, upper = self._by_level[level]
+        return {lower: predictions - half, upper: predictions + half}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -146,9 +146,9 @@ class _StreamRun:
                         self.scorer = load_scorer(self.model_uri, self.tracking_uri)
                         # refused before anything is written: a model without intervals,
                         # or a level it was not calibrated at (naming those it was)
-                        intervals.asked_level(
+                        self.interval = intervals.asked_level(
                             self.scorer.model.intervals, self.interval, self.model_uri
-                        )
+                        )  # (as the model writes it: 0.9000000001 is its 0.9)
                     features = batch.validation.features
                     table = _output(batch, self.scorer.predict(features), self)
                     if self.scorer.model.profile is not None:

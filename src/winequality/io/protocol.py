@@ -112,6 +112,8 @@ def request_params(params: Any) -> dict[str, Any]:
     """A body's `params`: an object whose keys the model's signature declares."""
     if params is None:
         return {}
+    if type(params) is dict and len(params) == 1 and INTERVAL_PARAM in params:
+        return params  # the one param there is (checked further once the model is known)
     if not isinstance(params, dict):
         raise PayloadError(f"params must be an object such as {{{INTERVAL_PARAM!r}: 0.9}}")
     unknown = sorted(set(params) - {INTERVAL_PARAM})

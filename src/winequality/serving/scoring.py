@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from winequality import drift
-from winequality.intervals import asked_level, bound_names
+from winequality.intervals import asked_level
 from winequality.schema import FEATURE_NAMES, FeatureIssue
 from winequality.serving.follower import ServedModel
 from winequality.serving.metrics import ServerMetrics
@@ -94,6 +94,4 @@ def interval_bounds(
     """The bounds of each prediction at `level`, under their names (lower_0.9, upper_0.9)."""
     intervals = served.scorer.model.intervals
     assert intervals is not None  # (interval_level checked it)
-    lower, upper = intervals.bounds(predictions, level)
-    low_name, high_name = bound_names(level)
-    return {low_name: lower, high_name: upper}
+    return intervals.named_bounds(predictions, level)
