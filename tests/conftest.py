@@ -226,22 +226,28 @@ def wait_for(
 @contextlib.contextmanager
 def mlflow_server(folder: Path) -> Iterator[str]:
     """MLflow's own tracking server (SQLite store, artifacts proxied as `mlflow-artifacts:/`) on
-    a free loopback port, stopped with its workers when the block ends."""
+    a free loopback port, stopped with its workers when the block ends (its log in a file: a
+    pipe nobody reads could fill and hang it)."""
     port = free_port()
+    log = open(folder / "mlflow-server.log", "w")  # noqa: SIM115 (closed with the server)
     server = subprocess.Popen(
         [Path(sys.executable).with_name("mlflow"), "server", "--host", "127.0.0.1",
          "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(url, server, path="/health")
+        try:
+            wait_for(url, server, path="/health")
+        except AssertionError as failed:
+            written = (folder / "mlflow-server.log").read_text()
+            raise AssertionError(f"{failed}: {written}") from None
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
-        close_pipes(server)
+        log.close()
 
 
 def close_pipes(process: subprocess.Popen) -> None:

@@ -71,7 +71,17 @@ def test_the_range_warning_says_an_asked_interval_is_not_guaranteed_there(
                 "parameters": {"interval": 0.9},
             },
         )  # fmt: skip
+        only_scores = http.post(
+            "/v2/models/red/infer",
+            json={
+                "inputs": [{"name": "input", "datatype": "FP64", "shape": [len(rows), 11],
+                            "data": rows[COLUMNS].to_numpy().ravel().tolist()}],
+                "parameters": {"interval": 0.9},
+                "outputs": [{"name": "predictions"}],
+            },
+        )  # fmt: skip
     caveat = "(scored anyway; its interval is not guaranteed there)"
+    assert only_scores.json()["parameters"]["warnings"][0]["reason"].endswith("(scored anyway)")
     assert plain.endswith("(scored anyway)")
     assert asked["warnings"][0]["reason"].endswith(caveat)
     assert v2.status_code == 200, v2.text

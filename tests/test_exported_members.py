@@ -77,6 +77,8 @@ def test_every_module_is_covered() -> None:
         "serving.recorder",
         "serving.run",
         "serving.scoring",
+        "serving.shadow",
+        "shadow_report",
         "spark",
         "sweeping",
         "sweeping.config",

@@ -72,3 +72,13 @@ def test_a_run_without_held_out_rows_is_named(tracking_uri) -> None:
     run = client.create_run(client.create_experiment("older"))
     with pytest.raises(ModelLoadError, match=f"run {run.info.run_id} has no held-out rows"):
         logged_model.read_held_out(run.info.run_id, tracking_uri)
+    with pytest.raises(ModelLoadError, match="cannot fetch the held-out rows of run absent"):
+        logged_model.read_held_out("absent", tracking_uri)
+
+
+def test_a_tracking_uris_credentials_stay_out_of_the_stored_source() -> None:
+    artifact = "1/run/artifacts/held_out/test.csv"
+    source = logged_model.loadable_source(
+        f"mlflow-artifacts:/{artifact}", "https://alice:s3cret@host/prefix"
+    )
+    assert source == f"https://host/prefix/api/2.0/mlflow-artifacts/artifacts/{artifact}"

@@ -271,13 +271,15 @@ def test_a_model_logged_before_intervals_serves_and_says_it_has_none(
         assert "has no calibrated intervals (it was logged before" in asked.json()["message"]
         assert httpx.get(url + "/metadata").json()["interval_levels"] == []
         page = httpx.get(url + "/").text  # the page asks for no range
-        assert '"level":null' in page
+        assert '"level":null,"bounds":null' in page
 
 
 def test_the_page_asks_for_the_09_range_and_metadata_names_the_levels(served) -> None:
     url, _ = served
     assert httpx.get(url + "/metadata").json()["interval_levels"] == [0.8, 0.9, 0.95]
-    assert '"level":0.9' in httpx.get(url + "/").text
+    assert '"level":0.9,"bounds":["lower_0.9","upper_0.9"],"range":"90 % range"' in (
+        httpx.get(url + "/").text
+    )
 
 
 # --- batch ---------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ class Intervals:
         if not math.isfinite(value):
             shown = asked if len(repr(asked)) <= 40 else f"{repr(asked)[:37]}..."
             raise ParameterError(f"interval must be a number such as 0.9, got {shown!r}")
-        if level_label(value) not in self.half_widths:
+        if float(level_label(value)) not in self._by_level:
             raise ParameterError(
                 f"no interval calibrated at {asked}; this model has "
                 + ", ".join(level_label(level) for level in self.levels)
@@ -139,7 +139,7 @@ class Intervals:
 
     def bounds(self, predictions: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
         """The bounds of each prediction at a calibrated `level` (as `level()` returns it)."""
-        half = self._by_level[level][0]
+        half = self._by_level[self.level(level) if level not in self._by_level else level][0]
         return predictions - half, predictions + half
 
     def named_bounds(self, predictions: np.ndarray, level: float) -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ class Intervals:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Intervals:
         return cls(
-            half_widths={str(k): float(v) for k, v in data["half_widths"].items()},
+            half_widths={level_label(float(k)): float(v) for k, v in data["half_widths"].items()},
             calibration_rows=int(data["calibration_rows"]),
             folds=int(data["folds"]),
             seed=int(data["seed"]),

@@ -49,6 +49,7 @@ __all__ = [
     "download",
     "load",
     "load_local",
+    "loadable_source",
     "log_datasets",
     "log_interval_checks",
     "log_model",
@@ -179,7 +180,7 @@ def log_datasets(wine: WineData, train_frame: pd.DataFrame, test_frame: pd.DataF
         # pandas writes each float's shortest exact form: read back, the rows are the same bits
         test_frame.to_csv(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=folder)
-    held_out_source = _loadable_source(
+    held_out_source = loadable_source(
         mlflow.get_artifact_uri(HELD_OUT_ARTIFACT), mlflow.get_tracking_uri()
     )
     stem = Path(wine.name).stem
@@ -198,12 +199,14 @@ def log_datasets(wine: WineData, train_frame: pd.DataFrame, test_frame: pd.DataF
             mlflow.log_input(dataset, context=context)
 
 
-def _loadable_source(artifact_uri: str, tracking_uri: str) -> str | None:
+def loadable_source(artifact_uri: str, tracking_uri: str) -> str | None:
     """Where a logged artifact can be loaded from by MLflow's dataset sources, or None.
 
     A local store's artifact URI is a file path they load. They do not resolve `runs:/` or a
     tracking server's `mlflow-artifacts:/`; the latter is the server's artifact proxy, which
-    answers plain HTTP, so its URL is what they can load (without credentials).
+    answers plain HTTP, so its URL is what they can load (without credentials: a user and
+    password in the tracking URI are left out, as the source is stored in the run for all its
+    readers to see).
     """
     from urllib.parse import urlparse
 
@@ -218,6 +221,9 @@ def _loadable_source(artifact_uri: str, tracking_uri: str) -> str | None:
             candidate = MlflowArtifactsRepository.resolve_uri(  # type: ignore[no-untyped-call]
                 artifact_uri, tracking_uri
             )
+            parsed = urlparse(candidate)
+            if parsed.username or parsed.password:
+                candidate = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
         except MlflowException:
             return None
     try:
@@ -239,14 +245,20 @@ def read_held_out(run_id: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """
     from mlflow.exceptions import MlflowException
 
+    client = tracking.client(tracking_uri)
+    folder = HELD_OUT_ARTIFACT.rsplit("/", 1)[0]
     with tempfile.TemporaryDirectory(prefix="winequality-held-out-") as scratch:
         try:
-            path = tracking.client(tracking_uri).download_artifacts(
-                run_id, HELD_OUT_ARTIFACT, scratch
-            )
-        except (MlflowException, OSError) as error:
+            listed = {entry.path for entry in client.list_artifacts(run_id, folder)}
+            if HELD_OUT_ARTIFACT not in listed:
+                raise ModelLoadError(
+                    f"run {run_id} has no held-out rows ({HELD_OUT_ARTIFACT}): it was logged "
+                    "before they travelled with the run, or by something else than winequality"
+                )
+            path = client.download_artifacts(run_id, HELD_OUT_ARTIFACT, scratch)
+        except (MlflowException, OSError) as error:  # an unknown run, the store away, access
             raise ModelLoadError(
-                f"run {run_id} has no held-out rows ({HELD_OUT_ARTIFACT}): {first_line(error)}"
+                f"cannot fetch the held-out rows of run {run_id}: {first_line(error)}"
             ) from error
         return pd.read_csv(path)
 

@@ -15,13 +15,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from winequality import tracking
 from winequality.errors import NotFoundError, ParameterError, PromotionRefused, first_line
 from winequality.tracking import CHALLENGER, CHAMPION, alias_version
+
+if TYPE_CHECKING:
+    from winequality.shadow_report import ShadowReport
 
 __all__ = [
     "COVERAGE_LEVEL",
@@ -34,6 +37,7 @@ __all__ = [
     "GATE_TAG",
     "HISTORY_TAG",
     "HOLDOUT_TAG",
+    "LIVE_TAG",
     "SEED_TAG",
     "TEST_SIZE_TAG",
     "Check",
@@ -46,6 +50,7 @@ __all__ = [
     "evaluation_tags",
     "gate",
     "list_versions",
+    "live_check",
     "promote",
     "register",
     "register_logged",
@@ -87,6 +92,69 @@ def coverage_check(coverage: float | None) -> Check:
         + f" {COVERAGE_TOLERANCE:.0%} of 90 %"
         + ("" if passed else ": its ranges do not say what they promise"),
     )
+
+
+LIVE_TAG = "winequality.live_evidence"  # the shadow report a promotion was decided on (JSON)
+LiveMargin = float | Literal["paired"]
+
+
+def live_check(
+    report: ShadowReport, candidate: str, champion: str, margin: LiveMargin = 0.0
+) -> Check:
+    """Whether `candidate`, as the shadow of `champion`, was no worse on live rows whose true
+    grade is known. `margin`: the RMSE it may lose by (0: none), or "paired": refused only
+    when the paired test says it is worse (its squared errors' mean difference has a 95 %
+    interval above 0)."""
+    name = "no worse on live rows"
+    live = report.live
+    if report.shadow_versions != (candidate,):
+        seen = ", ".join(f"v{v}" for v in report.shadow_versions) or "none"
+        return Check(name, False, f"the report's shadow was {seen}, not v{candidate}")
+    if report.champion_versions != (champion,):
+        seen = ", ".join(f"v{v}" for v in report.champion_versions)
+        return Check(name, False, f"the report's champion was {seen}, not the champion v{champion}")
+    if live is None:
+        return Check(name, False, "the report has no true grades (shadow-report --truth FILE)")
+    head = (
+        f"on {live.rows} live rows RMSE {live.shadow_rmse:.4f} against the champion's "
+        f"{live.champion_rmse:.4f}"
+    )
+    if margin == "paired":
+        low, high = live.mse_difference_ci95
+        worse = low > 0
+        verdict = (
+            f"{head}; squared-error difference {live.mse_difference:+.4f} (95 % interval "
+            f"{low:+.4f} .. {high:+.4f}, p = {live.p_value:.3g}): "
+            + ("worse beyond the paired test" if worse else "not worse by the paired test")
+        )
+    else:
+        worse = live.shadow_rmse > live.champion_rmse + margin
+        verdict = f"{head} (margin {margin:g}): " + ("worse" if worse else "no worse")
+    return Check(name, not worse, verdict)
+
+
+def _live_summary(report: ShadowReport, margin: LiveMargin) -> str:
+    """What a version records of the report it was promoted on (a tag holds a few KB)."""
+    live = report.live
+    summary = {
+        "rows": report.rows,
+        "requests": report.requests,
+        "champion_versions": report.champion_versions,
+        "shadow_versions": report.shadow_versions,
+        "mean_abs_difference": report.mean_abs_difference,
+        "margin": margin,
+        "live": None
+        if live is None
+        else {
+            "rows": live.rows,
+            "champion_rmse": live.champion_rmse,
+            "shadow_rmse": live.shadow_rmse,
+            "mse_difference": live.mse_difference,
+            "mse_difference_ci95": live.mse_difference_ci95,
+            "p_value": live.p_value,
+        },
+    }
+    return json.dumps(summary)
 
 
 @dataclass(frozen=True)
@@ -314,14 +382,22 @@ def promote(
     force: str | None = None,
     metric: str = "rmse",
     tracking_uri: str | None = None,
+    evidence: ShadowReport | None = None,
+    live_margin: LiveMargin = 0.0,
 ) -> Decision:
     """Make `version` the champion if it passes the gate's checks against the current one;
     PromotionRefused naming every failed check otherwise. `force` (a reason, recorded on the
-    version) promotes past failed checks."""
+    version) promotes past failed checks. `evidence`, a shadow report of this version beside
+    the champion, adds the check `live_check` and is recorded on the version."""
     client = tracking.client(tracking.connect(tracking_uri, create=False))
     candidate = _version(client, name, version)
     current = alias_version(client, name, CHAMPION)
     score = _score(candidate, metric)
+    if evidence is not None and (current is None or current == version):
+        raise ParameterError(
+            f"--evidence compares v{version} with the champion, and "
+            + (f"{name} has no champion yet" if current is None else "it is the champion")
+        )
     if current is None or current == version:
         promise = coverage_check(_coverage(candidate))
         if current is None and not promise.passed and not force:
@@ -337,6 +413,8 @@ def promote(
         return Decision(name, version, CHAMPION, score, None, None, why, (promise,))
     champion = _version(client, name, current)
     checks = evaluation_checks(candidate, champion, metric)
+    if evidence is not None:
+        checks = (*checks, live_check(evidence, version, current, live_margin))
     failed = [c for c in checks if not c.passed]
     if failed and not force:
         raise PromotionRefused(
@@ -346,6 +424,8 @@ def promote(
         )
     if failed:
         client.set_model_version_tag(name, version, FORCED_TAG, force)
+    if evidence is not None:
+        client.set_model_version_tag(name, version, LIVE_TAG, _live_summary(evidence, live_margin))
     reason = "; ".join(f"{c.name}: {c.reason}" for c in checks)
     if failed:
         reason = f"--force ({force}): {reason}"

@@ -137,6 +137,9 @@ def _run(
     frame = frame.withColumn(ROW_COLUMNS[0], F.input_file_name()).withColumn(
         ROW_COLUMNS[1], F.monotonically_increasing_id()
     )
+    scored = ["prediction", *(intervals.bound_names(interval) if interval is not None else ())]
+    # an input that is an earlier output: its scores are replaced, as the local engine does
+    frame = frame.drop(*[c for c in scored if c in frame.columns])
     names = [c for c in frame.columns if c not in ROW_COLUMNS]
     check = partial(
         score_batches,
@@ -146,7 +149,6 @@ def _run(
         decimal=source.decimal,
         interval=interval,
     )
-    scored = ["prediction", *(intervals.bound_names(interval) if interval is not None else ())]
     valid_schema = StructType(
         [*frame.schema.fields, *(StructField(name, DoubleType()) for name in scored)]
     )

@@ -6,8 +6,8 @@ with its exit code (2 for bad input); anything else is a bug and keeps its trace
 Output never wraps ids or URIs: results go to stdout unwrapped, messages to stderr.
 
 Rooms: `app` (the Typer app, consoles, shared options, errors), one module per family of
-commands: `train`, `sweep`, `score` (predict, drift), `serve` (serve, export), `registry`
-(models, register, promote, rollback). Importing this package registers them on `app`.
+commands: `train`, `sweep`, `score` (predict, drift), `serve` (serve, export, shadow-report),
+`registry` (models, register, promote, rollback). Importing this package registers them on `app`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from winequality.cli.train import train
 from winequality.cli.sweep import sweep
 from winequality.cli.registry import models, promote, register, rollback
 from winequality.cli.score import DRIFT_EXIT, drift, predict
-from winequality.cli.serve import ENV_PREFIX, TOKEN_ENV, export, serve
+from winequality.cli.serve import ENV_PREFIX, TOKEN_ENV, export, serve, shadow_report
 
 # isort: on
 
@@ -39,6 +39,7 @@ __all__ = [
     "register",
     "rollback",
     "serve",
+    "shadow_report",
     "sweep",
     "train",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -87,13 +89,42 @@ def promote(
             help="Promote past failed checks; the reason is recorded on the version.",
         ),
     ] = None,
+    evidence: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="REPORT",
+            help="A `shadow-report --truth` report (JSON) of VERSION as the champion's shadow: "
+            "one more check, no worse on live rows; recorded on the version.",
+        ),
+    ] = None,
+    live_margin: Annotated[
+        str,
+        typer.Option(
+            metavar="MARGIN",
+            help="How much worse on live rows VERSION may be: an RMSE margin (0: none) or "
+            "'paired' (refused only when the paired test says it is worse).",
+        ),
+    ] = "0",
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Make VERSION the champion if it was judged on the same data, split and seed as the
-    champion and beats it there; every failed check is named otherwise (exit 2)."""
+    champion and beats it there (and, with --evidence, was no worse on live rows); every
+    failed check is named otherwise (exit 2)."""
     from winequality.registry import promote as promote_version
+    from winequality.shadow_report import read_report
 
-    decision = guard(lambda: promote_version(name, version, force=force, tracking_uri=tracking_uri))
+    margin = guard(lambda: _live_margin(live_margin))
+    report = guard(lambda: read_report(evidence)) if evidence is not None else None
+    decision = guard(
+        lambda: promote_version(
+            name,
+            version,
+            force=force,
+            tracking_uri=tracking_uri,
+            evidence=report,
+            live_margin=margin,
+        )
+    )
     for check in decision.checks:
         mark = "[green]passed[/]" if check.passed else "[yellow]failed (forced)[/]"
         out.print(f"  {check.name}: {mark}: {check.reason}")
@@ -110,3 +141,18 @@ def rollback(
 
     decision = guard(lambda: roll_back(name, tracking_uri=tracking_uri))
     out.print(f"{name} v{decision.version} is champion again (v{decision.previous_version} was)")
+
+
+def _live_margin(text: str) -> float | Literal["paired"]:
+    """--live-margin: a non-negative RMSE margin, or "paired"."""
+    from winequality.errors import ParameterError
+
+    if text.strip().lower() == "paired":
+        return "paired"
+    try:
+        margin = float(text)
+    except ValueError:
+        margin = math.nan
+    if not math.isfinite(margin) or margin < 0:
+        raise ParameterError(f"--live-margin must be 0 or more, or 'paired'; got {text!r}")
+    return margin

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 from winequality.cli.app import ModelOption, Switch, TrackingOption, app, err, guard, out, warn
 
-__all__ = ["ENV_PREFIX", "TOKEN_ENV", "export", "serve"]
+__all__ = ["ENV_PREFIX", "TOKEN_ENV", "export", "serve", "shadow_report"]
 
 
 TOKEN_ENV = "WINEQUALITY_TOKEN"
@@ -164,6 +164,34 @@ def serve(
             "(0: below the open-files limit, with room kept for probes).",
         ),
     ] = 0,
+    shadow: Annotated[
+        str | None,
+        typer.Option(
+            "--shadow",
+            metavar="MODEL",
+            help="A second model (a URI, such as models:/NAME@challenger) that scores a sample "
+            "of the accepted rows off the request path; the answers stay the served model's. "
+            "It follows its alias; one that fails to load is reported and retried.",
+        ),
+    ] = None,
+    shadow_fraction: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="The share of accepted rows the shadow scores."),
+    ] = 0.2,
+    shadow_log: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Write the sampled rows (request id, row, both versions and predictions, each "
+            "feature's reference bin) as Parquet files here, for `winequality shadow-report`.",
+        ),
+    ] = None,
+    shadow_log_inputs: Annotated[
+        bool,
+        typer.Option(
+            "--shadow-log-inputs", help="Also write the sampled rows' feature values in the log."
+        ),
+    ] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Serve a model over HTTP: MLflow's /invocations protocol, the Open Inference Protocol
@@ -181,6 +209,9 @@ def serve(
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     token = guard(lambda: _read_token(token_file))
+    shadow_settings = guard(
+        lambda: _shadow_settings(shadow, shadow_fraction, shadow_log, shadow_log_inputs)
+    )
     guard(lambda: check_port(host, port))
     scorer = guard(lambda: load_scorer(model, tracking_uri))  # exit 2 before any socket
     if Path(model).expanduser().is_dir():  # an exported folder: its provenance must read
@@ -210,10 +241,32 @@ def serve(
         shutdown_timeout=shutdown_timeout,
         admission=AdmissionLimits(max_inflight, max_queue_wait_ms / 1000, request_timeout),
         connections=ConnectionLimits(header_timeout, min_body_rate, max_connections or None),
+        shadow=shadow_settings,
     )
     status = run_server(settings, scorer=scorer, host=host, port=port, workers=workers)
     if status:
         raise typer.Exit(status)
+
+
+def _shadow_settings(
+    model: str | None, fraction: float, log_dir: Path | None, log_inputs: bool
+) -> Any:
+    """--shadow and its options, checked before the model loads."""
+    from winequality.errors import ParameterError
+    from winequality.extras import require
+    from winequality.serving import ShadowSettings
+
+    if model is None:
+        if log_dir is not None or log_inputs:
+            raise ParameterError("--shadow-log and --shadow-log-inputs need --shadow MODEL")
+        return None
+    if fraction <= 0:
+        raise ParameterError("--shadow-fraction must be above 0 (1 scores every row)")
+    if log_dir is not None:
+        require("pyarrow", "--shadow-log")
+        if log_dir.exists() and not log_dir.is_dir():
+            raise ParameterError(f"--shadow-log {log_dir} is a file; give a folder")
+    return ShadowSettings(model, fraction, log_dir, log_inputs)
 
 
 def _read_token(path: Path | None) -> str | None:
@@ -258,3 +311,74 @@ def export(
     err.print(f"exported {model} ({', '.join(o for o in origin if o)})")
     err.print("checked: the wine schema's signature, skops, reference profile, input example")
     out.print(str(out_folder), soft_wrap=True)
+
+
+@app.command("shadow-report", short_help="How far a shadow model was from the champion, live.")
+def shadow_report(
+    log: Annotated[
+        Path, typer.Option("--log", metavar="DIR", help="The folder `serve --shadow-log` wrote.")
+    ],
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="True grades known since: a CSV or Parquet file of request_id, row, quality "
+            "(request ids as the server answered them in X-Request-Id). Adds each model's RMSE "
+            "on the same rows and a paired test.",
+        ),
+    ] = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", metavar="REPORT", help="Write the report as JSON (for promote --evidence)."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(min=0, help="Reference bins shown, largest first.")] = 5,
+) -> None:
+    """Read a shadow log: the difference between the two models on live rows (overall, and per
+    bin of the champion's reference profile), and with --truth, who was closer."""
+    from rich.table import Table
+
+    from winequality.extras import require
+    from winequality.shadow_report import shadow_report as report_of
+
+    guard(lambda: require("pyarrow", "shadow-report"))
+    report = guard(lambda: report_of(log, truth))
+    champions = ", ".join(report.champion_versions)
+    shadows = ", ".join(report.shadow_versions)
+    out.print(
+        f"{report.rows} sampled rows from {report.requests} requests in {report.files} files: "
+        f"champion {champions}, shadow {shadows}"
+    )
+    quantiles = ", ".join(f"p{float(q) * 100:g} {v:.4f}" for q, v in report.quantiles.items())
+    out.print(
+        f"|shadow - champion|: mean {report.mean_abs_difference:.4f}, {quantiles}, max "
+        f"{report.max_abs_difference:.4f}; mean signed difference {report.mean_difference:+.4f}"
+    )
+    if report.by_bin and top:
+        table = Table(title="where they differ most (bins of the reference profile)")
+        for column in ("feature", "bin", "range", "rows", "mean |difference|"):
+            table.add_column(column, justify="left" if column in ("feature", "range") else "right")
+        for b in sorted(report.by_bin, key=lambda b: -b.mean_abs_difference)[:top]:
+            low = "-inf" if b.low is None else f"{b.low:g}"
+            high = "inf" if b.high is None else f"{b.high:g}"
+            table.add_row(
+                b.feature,
+                str(b.bin),
+                f"[{low}, {high})",
+                str(b.rows),
+                f"{b.mean_abs_difference:.4f}",
+            )
+        out.print(table)
+    live = report.live
+    if live is not None:
+        ci_low, ci_high = live.mse_difference_ci95
+        out.print(
+            f"on {live.rows} rows with a true grade ({live.unmatched_truth} truth rows unmatched): "
+            f"RMSE champion {live.champion_rmse:.4f}, shadow {live.shadow_rmse:.4f}; squared-"
+            f"error difference {live.mse_difference:+.4f} (95 % interval {ci_low:+.4f} .. "
+            f"{ci_high:+.4f}, paired t-test p = {live.p_value:.3g})"
+        )
+    if out_path is not None:
+        guard(lambda: report.write(out_path))
+        err.print(f"wrote the report to {out_path}")

@@ -7,6 +7,7 @@
 - `scoring`: what both protocols do once a request's features are checked;
 - `endpoints_server`: health, metadata, versions, OpenAPI, the page, metrics, drift;
 - `follower`: the model being served, following a registry alias;
+- `shadow`: a second model scoring a sample of the rows off the request path, with its log;
 - `recorder`, `door`, `admission`: pure ASGI pieces (timing and observers; the bearer token;
   scoring requests at once, the bounded wait, 503 beyond it, the request deadline);
 - `lifecycle`, `draining`: liveness, readiness and the drain on SIGTERM;
@@ -24,11 +25,13 @@ from winequality.serving.admission import AdmissionLimits
 from winequality.serving.app import create_app
 from winequality.serving.connections import ConnectionLimits
 from winequality.serving.run import ServerSettings, check_port, serve
+from winequality.serving.shadow import ShadowSettings
 
 __all__ = [
     "AdmissionLimits",
     "ConnectionLimits",
     "ServerSettings",
+    "ShadowSettings",
     "check_port",
     "create_app",
     "serve",

@@ -41,10 +41,12 @@ from winequality.serving.http import bug, http_error, known_error
 from winequality.serving.lifecycle import CloseWhileDraining, Lifecycle
 from winequality.serving.metrics import SETTLE_SECONDS, ServerMetrics
 from winequality.serving.recorder import Observer, Recorder
+from winequality.serving.shadow import Shadow, ShadowSettings
 
 __all__ = ["DEFAULT_MAX_BODY", "RouteEntry", "create_app", "route_table"]
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # a 10,000-row JSON body is about 2.5 MB
+SHADOW_RETRY_SECONDS = 30.0  # a shadow that failed to load, with --refresh 0
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -102,13 +104,16 @@ def create_app(
     lifecycle: Lifecycle | None = None,
     admission: AdmissionLimits | None = None,
     connections: ConnectionGuard | None = None,
+    shadow: ShadowSettings | None = None,
 ) -> Any:
     """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
     `refresh` > 0 and the URI names an alias. `name` is the model's name on V2 routes (default:
     the registered name, else wine-quality). The model scores a warm-up batch here, before any
     socket opens: readiness is true from the first probe, until `lifecycle.drain()`.
     `admission` bounds the scoring requests taken at once (serving.admission); the
-    `connections` guard (serving.connections) reports what it closes to the metrics."""
+    `connections` guard (serving.connections) reports what it closes to the metrics.
+    `shadow` scores a sample of the rows with a second model, off the request path
+    (serving.shadow); it loads here too, but a shadow that cannot load is only reported."""
     model_uri = model_uri or scorer.model.uri
     lifecycle = lifecycle or Lifecycle()
     # the first batch, before any request (a model that cannot score fails the start)
@@ -122,12 +127,17 @@ def create_app(
         metrics=server_metrics,
         tracking_uri=tracking_uri,
     )
+    shadowing = None
+    if shadow is not None:
+        shadowing = Shadow(shadow, tracking_uri=tracking_uri, metrics=server_metrics)
+        shadowing.model.check()  # loaded, or reported and retried at each refresh
     mlflow = MLflowEndpoints(
         follower,
         lifecycle,
         max_body_bytes=max_body_bytes,
         allow_out_of_range=allow_out_of_range,
         metrics=server_metrics,
+        shadow=shadowing,
     )
     v2 = V2Endpoints(
         follower,
@@ -137,8 +147,11 @@ def create_app(
         allow_out_of_range=allow_out_of_range,
         metrics=server_metrics,
         tracking_uri=tracking_uri,
+        shadow=shadowing,
     )
-    server = ServerEndpoints(follower, lifecycle, metrics=server_metrics, model_name=v2.name)
+    server = ServerEndpoints(
+        follower, lifecycle, metrics=server_metrics, model_name=v2.name, shadow=shadowing
+    )
     table = route_table(mlflow, v2, server, metrics=metrics)
     log = AccessLog(access_log) if access_log is not None else None
 
@@ -151,11 +164,18 @@ def create_app(
             tasks.append(asyncio.create_task(_every(SETTLE_SECONDS, server_metrics.flush)))
         if log is not None:
             tasks.append(asyncio.create_task(_every(AccessLog.FLUSH_SECONDS, log.flush)))
+        if shadowing is not None:
+            shadowing.start()
+            # its alias followed, and a shadow that failed to load retried, at each refresh
+            every = refresh or SHADOW_RETRY_SECONDS
+            tasks.append(asyncio.create_task(_every(every, _in_thread(shadowing.model.check))))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            if shadowing is not None:  # what is queued is scored, the log's file closed
+                await asyncio.to_thread(shadowing.stop)
             if log is not None:
                 log.flush()
 
@@ -187,12 +207,22 @@ def create_app(
     if token:
         inner = Door(inner, token=token, open_paths=[e.path for e in table if e.probe])
     observers: list[Observer] = [o for o in (server_metrics, log) if o is not None]
-    return Recorder(CloseWhileDraining(inner, lifecycle), observers=observers)
+    closers = [shadowing] if shadowing is not None else []
+    return Recorder(CloseWhileDraining(inner, lifecycle), observers=observers, closers=closers)
 
 
-async def _every(seconds: float, action: Callable[[], None]) -> None:
+def _in_thread(action: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
+    async def run() -> Any:
+        return await asyncio.to_thread(action)
+
+    return run
+
+
+async def _every(seconds: float, action: Callable[[], Any]) -> None:
     """Run `action` every `seconds` (metrics' shared bins with several workers: whichever
     worker answers /metrics then sees every worker's drift; the access log's bunches)."""
     while True:
         await asyncio.sleep(seconds)
-        action()
+        done = action()
+        if asyncio.iscoroutine(done):
+            await done

@@ -136,11 +136,15 @@ def render_page(metadata: dict[str, Any]) -> str:
     options = "".join(f'<option value="{i}">example row {i + 1}</option>' for i in range(len(rows)))
     # Raw JSON inside <script>: entities are not decoded there; only "</" must not appear.
     levels = metadata.get("interval_levels") or []
+    # the range shown beside the score: 0.9's when the model has it, else its widest
+    level = (0.9 if 0.9 in levels else max(levels)) if levels else None
     payload = {
         "rows": rows,
         "columns": [f["name"] for f in metadata["features"]],
-        # the range shown beside the score: 0.9's when the model has it, else its widest
-        "level": (0.9 if 0.9 in levels else max(levels)) if levels else None,
+        # the level, the answer's keys and the label, spelled here once (not by the script)
+        "level": level,
+        "bounds": list(intervals.bound_names(level)) if level is not None else None,
+        "range": f"{level * 100:g} % range" if level is not None else None,
     }
     data = orjson.dumps(payload).decode().replace("</", "<\\/")
     page = _resource("page.html")

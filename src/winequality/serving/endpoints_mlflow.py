@@ -10,6 +10,7 @@ named in `warnings` (`serving.scoring`, which every protocol shares).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,18 @@ from winequality.extras import missing_extra
 from winequality.io import files, protocol
 from winequality.schema import INTERVAL_PARAM, FeatureIssue
 from winequality.serving.follower import ModelFollower
-from winequality.serving.http import JSON, ROWS_KEY, VERSION_KEY, media_type, read_body
+from winequality.serving.http import (
+    JSON,
+    REQUEST_ID_KEY,
+    ROWS_KEY,
+    VERSION_KEY,
+    media_type,
+    read_body,
+)
 from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.metrics import ServerMetrics
 from winequality.serving.scoring import interval_bounds, interval_level, score
+from winequality.serving.shadow import Shadow
 
 __all__ = ["MLflowEndpoints", "decode_body", "decode_request"]
 
@@ -71,8 +80,10 @@ class MLflowEndpoints:
         max_body_bytes: int,
         allow_out_of_range: bool,
         metrics: ServerMetrics | None,
+        shadow: Shadow | None = None,
     ) -> None:
         self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
+        self.shadow = shadow
         self.max_body_bytes, self.allow_out_of_range = max_body_bytes, allow_out_of_range
 
     async def invocations(self, request: Request) -> Response:
@@ -89,7 +100,12 @@ class MLflowEndpoints:
                 self.metrics.refused(refused.issues)
             raise
         level = interval_level(served, params.get(INTERVAL_PARAM))  # before any scoring
+        started = time.perf_counter()
         scored = score(served, features, warnings, self.metrics, interval=level is not None)
+        if self.shadow is not None:  # a sample queued for the shadow; never waited for
+            seconds = time.perf_counter() - started
+            request_id = request.scope[REQUEST_ID_KEY]
+            self.shadow.offer(request_id, features, scored.predictions, served, seconds)
         request.scope[ROWS_KEY] = len(scored.predictions)
         answer: dict[str, Any] = {"predictions": scored.predictions}
         if level is not None:

@@ -12,10 +12,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from winequality.serving.documents import openapi_document, render_page
-from winequality.serving.follower import ModelFollower, iso_time
+from winequality.serving.follower import ModelFollower, ServedModel, iso_time
 from winequality.serving.http import JSON
 from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.metrics import ServerMetrics
+from winequality.serving.shadow import Shadow
 
 __all__ = ["ServerEndpoints"]
 
@@ -30,27 +31,37 @@ class ServerEndpoints:
         *,
         metrics: ServerMetrics | None,
         model_name: str,
+        shadow: Shadow | None = None,
     ) -> None:
         self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
+        self.shadow = shadow
         versions = {
             "winequality": version("winequality"),
             "mlflow": version("mlflow-skinny"),  # the `mlflow` module, whichever install
             "scikit-learn": version("scikit-learn"),
         }
         self.versions = orjson.dumps(versions)
-        self.openapi = orjson.dumps(
-            openapi_document(
-                follower.model_uri,
-                versions["winequality"],
-                model_name,
-                follower.current.scorer.model.intervals.levels
-                if follower.current.scorer.model.intervals
-                else (),
+        self.model_name, self.release = model_name, versions["winequality"]
+        # the documents of the model served, built again when the registry swaps it
+        self.documents_of: ServedModel | None = None
+        self._documents()
+
+    def _documents(self) -> tuple[bytes, str]:
+        """The OpenAPI document (its interval levels are the model's) and the page."""
+        served = self.follower.current
+        if served is not self.documents_of:
+            calibrated = served.scorer.model.intervals
+            self.openapi = orjson.dumps(
+                openapi_document(
+                    self.follower.model_uri,
+                    self.release,
+                    self.model_name,
+                    calibrated.levels if calibrated else (),
+                )
             )
-        )
-        # rendered for the model served, again when the registry swaps it
-        self.page = render_page(follower.current.scorer.metadata())
-        self.page_of = follower.current
+            self.page = render_page(served.scorer.metadata())
+            self.documents_of = served
+        return self.openapi, self.page
 
     async def health(self, request: Request) -> Response:
         served = self.follower.current
@@ -65,6 +76,8 @@ class ServerEndpoints:
             "last_reload_failure": self.follower.failure,
             "pid": os.getpid(),  # which worker process answered
         }
+        if self.shadow is not None:
+            body["shadow"] = self.shadow.state()
         return Response(orjson.dumps(body), media_type=JSON)
 
     async def ready(self, request: Request) -> Response:
@@ -78,13 +91,10 @@ class ServerEndpoints:
         return Response(self.versions, media_type=JSON)
 
     async def openapi_json(self, request: Request) -> Response:
-        return Response(self.openapi, media_type=JSON)
+        return Response(self._documents()[0], media_type=JSON)
 
     async def index(self, request: Request) -> Response:
-        served = self.follower.current
-        if served is not self.page_of:
-            self.page, self.page_of = render_page(served.scorer.metadata()), served
-        return HTMLResponse(self.page)
+        return HTMLResponse(self._documents()[1])
 
     async def metrics_text(self, request: Request) -> Response:
         assert self.metrics is not None

@@ -15,6 +15,7 @@ answered in JSON, which every client reads.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from importlib.metadata import version
 from pathlib import Path
@@ -37,10 +38,11 @@ from winequality.io.inference import OUTPUT, parse_inference_request
 from winequality.schema import FEATURE_NAMES, INTERVAL_PARAM
 from winequality.scoring import load_scorer
 from winequality.serving.follower import ModelFollower, ServedModel
-from winequality.serving.http import JSON, ROWS_KEY, VERSION_KEY, read_body
+from winequality.serving.http import JSON, REQUEST_ID_KEY, ROWS_KEY, VERSION_KEY, read_body
 from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.metrics import ServerMetrics
 from winequality.serving.scoring import interval_bounds, interval_level, score
+from winequality.serving.shadow import Shadow
 
 __all__ = ["BINARY_HEADER", "DEFAULT_NAME", "VERSIONS_KEPT", "V2Endpoints"]
 
@@ -63,8 +65,10 @@ class V2Endpoints:
         allow_out_of_range: bool,
         metrics: ServerMetrics | None,
         tracking_uri: str | None,
+        shadow: Shadow | None = None,
     ) -> None:
         self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
+        self.shadow = shadow  # beside the served model, not a version a path names
         parts = tracking.RegistryUri.parse(follower.model_uri)
         self.registered = parts.name if parts is not None else None
         local = Path(follower.model_uri).expanduser()
@@ -138,14 +142,20 @@ class V2Endpoints:
                 spelled = bound_names(asked)
                 if name not in spelled:
                     raise PayloadError(f"unknown output {name!r}; write it {spelled[0]!r} or so")
-        asked = level is not None or bool(named)
+        wanted = decoded.outputs or (OUTPUT, *(bound_names(level) if level is not None else ()))
+        asked = any(name != OUTPUT for name in wanted)  # bounds answered: the caveat applies
+        started = time.perf_counter()
         scored = score(served, decoded.features, decoded.warnings, self.metrics, interval=asked)
+        if self.shadow is not None and served is self.follower.current:
+            seconds = time.perf_counter() - started
+            self.shadow.offer(
+                request.scope[REQUEST_ID_KEY], decoded.features, scored.predictions, served, seconds
+            )
         rows = len(scored.predictions)
         request.scope[ROWS_KEY] = rows
         tensors = {OUTPUT: scored.predictions}
         for asked in {*named.values(), *([level] if level is not None else [])}:
             tensors.update(interval_bounds(served, scored.predictions, asked))
-        wanted = decoded.outputs or (OUTPUT, *(bound_names(level) if level is not None else ()))
         outputs = [
             {"name": name, "datatype": "FP64", "shape": [rows], "data": tensors[name]}
             for name in wanted

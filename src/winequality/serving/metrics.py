@@ -38,6 +38,7 @@ __all__ = ["MULTIPROC_ENV", "SETTLE_SECONDS", "ServerMetrics", "take_all"]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SETTLE_SECONDS = 0.1  # how stale another worker's counts may be when one worker is scraped
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DIFFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 QUEUE_BUCKETS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -126,6 +127,39 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        # Shadow scoring (serving.shadow): observed by its own thread, off the request path
+        self.shadow_difference = Histogram(
+            "winequality_shadow_abs_difference",
+            "Absolute difference between the shadow's and the champion's prediction, per "
+            "sampled row (quality points)",
+            buckets=DIFFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "winequality_shadow_scoring_seconds",
+            "Scoring time of the requests whose rows were sampled: the champion's for the "
+            "request, the shadow's for the sample",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_rows = Counter(
+            "winequality_shadow_rows",
+            "Sampled rows by outcome: scored, dropped (queue full), unavailable (no shadow "
+            "model loaded), failed",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_reloads = Counter(
+            "winequality_shadow_reloads", "Shadow model loads: ok or failed", ["outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.shadow_version = Gauge(
+            "winequality_shadow_model_version",
+            "Registry version of the shadow model (NaN when not registered)",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.count_inflight: Callable[[], int] | None = None  # set by the app: the admission's
         self._counters: dict[tuple[str, int], Any] = {}
         self._histograms: dict[str, Any] = {}
@@ -176,6 +210,20 @@ class ServerMetrics:
             self.profile = profile
         self.version.set(float(version) if version.isdigit() else float("nan"))
         self.loaded.set(time.time())
+
+    # --- the shadow (its own thread) --------------------------------------------------------
+
+    def shadow_scored(
+        self, differences: np.ndarray, champion_seconds: float, shadow_seconds: float
+    ) -> None:
+        self.shadow_rows.labels("scored").inc(len(differences))
+        for difference in differences.tolist():
+            self.shadow_difference.observe(difference)
+        self.shadow_latency.labels("champion").observe(champion_seconds)
+        self.shadow_latency.labels("shadow").observe(shadow_seconds)
+
+    def shadow_loaded(self, version: str) -> None:
+        self.shadow_version.set(float(version) if version.isdigit() else float("nan"))
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Pure ASGI middleware that times every request and tells its observers how it went.
 
-It gives each request an id (the client's `X-Request-Id`, or one of ours), measures the time to
+It gives each request an id (the client's `X-Request-Id`, or one of ours) and says it in every
+answer's `X-Request-Id` header (what a shadow log's rows are joined on), measures the time to
 answer, notes the status sent, and then calls `request_done(scope, route, status, seconds)` on
 each observer: the metrics and the access log, which know nothing of each other. The route is
 the route's template (`/v2/models/{name}/infer`), as the router matched it, else `other` (a
@@ -33,8 +34,11 @@ def header(scope: Any, name: bytes) -> str | None:
 
 
 class Recorder:
-    def __init__(self, app: Any, *, observers: Sequence[Observer]):
+    def __init__(
+        self, app: Any, *, observers: Sequence[Observer], closers: Sequence[Any] = ()
+    ) -> None:
         self.app, self.observers = app, tuple(observers)
+        self.closers = tuple(closers)  # flushed with the observers when the server stops
         self.counter = itertools.count(1)
         self.prefix = f"{os.getpid():x}-"
 
@@ -43,17 +47,18 @@ class Recorder:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        scope[REQUEST_ID_KEY] = header(scope, b"x-request-id") or self._new_id()
+        request_id = scope[REQUEST_ID_KEY] = header(scope, b"x-request-id") or self._new_id()
         answered = scope.get(ANSWERED_KEY)  # refused as it was read (serving.admission)
-        if not self.observers and answered is None:
-            await self.app(scope, receive, send)
-            return
         status = answered or 500  # unless a response starts: the app failed before answering
 
         async def sending(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = list(message.get("headers", ()))
+                if not any(key.lower() == b"x-request-id" for key, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -31,6 +31,7 @@ from winequality.serving.admission import AdmissionLimits
 from winequality.serving.app import DEFAULT_MAX_BODY, create_app
 from winequality.serving.connections import ConnectionGuard, ConnectionLimits, guarded_protocol
 from winequality.serving.lifecycle import Lifecycle
+from winequality.serving.shadow import ShadowSettings
 
 __all__ = ["ServerSettings", "check_port", "serve"]
 
@@ -56,6 +57,7 @@ class ServerSettings:
     connections: ConnectionLimits = dataclasses.field(
         default_factory=ConnectionLimits
     )  # slow clients, the connection cap
+    shadow: ShadowSettings | None = None  # a second model scoring a sample, off the path
 
     def app(
         self, scorer: Scorer, lifecycle: Lifecycle, connections: ConnectionGuard | None = None
@@ -74,6 +76,7 @@ class ServerSettings:
             lifecycle=lifecycle,
             admission=self.admission,
             connections=connections,
+            shadow=self.shadow,
         )
 
     def server(self, scorer: Scorer, host: str, port: int) -> Any:
@@ -196,6 +199,8 @@ def _flush(server: Any) -> None:
     signal skipped the app's own shutdown."""
     for observer in getattr(server.config.app, "observers", ()):
         observer.flush()
+    for closer in getattr(server.config.app, "closers", ()):  # the shadow log's open file
+        closer.flush()
 
 
 @contextlib.contextmanager

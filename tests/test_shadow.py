@@ -1,0 +1,449 @@
+"""Champion and challenger side by side: shadow scoring in the server, its log, the report, and
+promotion from live evidence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import ServerThread, close_pipes, free_port, metric, split_body, wait_for
+from winequality import data, registry, schema
+from winequality.cli import app
+from winequality.errors import DataError, ParameterError, PromotionRefused
+from winequality.scoring import load_scorer
+from winequality.serving import ShadowSettings, create_app
+from winequality.serving.shadow import Shadow
+from winequality.shadow_report import read_report, shadow_report
+
+NAME = "wine-shadow"
+FEATURES = list(schema.FEATURE_NAMES)
+runner = CliRunner()
+
+
+class Pair:
+    """Three versions of one registered model: v1 (the tutorial's alpha 0.7) champion, v2
+    (alpha 0.05: a deliberately different model) challenger, v3 (alpha 0.3) beside them."""
+
+    def __init__(self, uri: str, results: list) -> None:
+        self.uri, self.results = uri, results
+        self.client = mlflow.MlflowClient(uri)
+
+    def scorer(self, version: str):
+        return load_scorer(f"models:/{NAME}/{version}", self.uri)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    from winequality.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("shadow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    results = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        for alpha in (0.7, 0.05, 0.3):
+            result = train(TrainConfig(alpha=alpha, tracking_uri=uri, output_dir=None))
+            registry.register(result.model_uri, NAME, tracking_uri=uri)
+            results.append(result)
+    client = mlflow.MlflowClient(uri)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    client.set_registered_model_alias(NAME, "challenger", "2")
+    return Pair(uri, results)
+
+
+@pytest.fixture(scope="module")
+def red() -> pd.DataFrame:
+    return data.load().frame
+
+
+def champion_app(pair: Pair, **shadow: object):
+    uri = f"models:/{NAME}@champion"
+    settings = ShadowSettings(**shadow) if shadow else None
+    return create_app(
+        load_scorer(uri, pair.uri), model_uri=uri, tracking_uri=pair.uri, shadow=settings
+    )
+
+
+def drive(url: str, red: pd.DataFrame, clients: int = 8, each: int = 25) -> dict[str, tuple]:
+    """`clients` threads, each sending `each` requests of 1 to 5 red wines with its own
+    request ids; every answer by request id: (rows sent, status, body, echoed id)."""
+    answers: dict[str, tuple] = {}
+
+    def client(k: int) -> None:
+        rng = np.random.default_rng(k)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for i in range(each):
+                rows = red.iloc[rng.choice(len(red), int(rng.integers(1, 6)), replace=False)]
+                request_id = f"client{k}-{i}"
+                answer = http.post(
+                    "/invocations", json=split_body(rows), headers={"X-Request-Id": request_id}
+                )
+                answers[request_id] = (
+                    rows,
+                    answer.status_code,
+                    answer.content,
+                    answer.headers["x-request-id"],
+                )
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def read_log(folder: Path) -> pd.DataFrame:
+    assert not list(folder.glob(".*.partial")), "a log file was left half written"
+    return pd.concat(pd.read_parquet(p) for p in sorted(folder.glob("*.parquet")))
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+def test_answers_are_unchanged_and_every_sampled_row_is_logged_with_both_predictions(
+    pair, red, tmp_path
+) -> None:
+    log_dir = tmp_path / "log"
+    with ServerThread(champion_app(pair)) as plain_url:
+        plain = drive(plain_url, red)
+    shadowed_app = champion_app(
+        pair, model_uri=f"models:/{NAME}@challenger", fraction=1.0, log_dir=log_dir
+    )
+    with ServerThread(shadowed_app) as url:
+        shadowed = drive(url, red)
+        health = httpx.get(url + "/health").json()["shadow"]
+        text = httpx.get(url + "/metrics").text
+    # answers byte for byte as without a shadow, each with its request id echoed
+    assert set(plain) == set(shadowed)
+    for request_id, (_rows, status, body, echoed) in shadowed.items():
+        assert (status, echoed) == (200, request_id)
+        assert body == plain[request_id][2]
+    assert (health["loaded"], health["model_version"], health["fraction"]) == (True, "2", 1.0)
+
+    logged = read_log(log_dir)  # closed when the server stopped: nothing left in memory
+    sent = sum(len(rows) for rows, *_ in shadowed.values())
+    assert len(logged) == sent == health["rows"]["sampled"]
+    assert set(logged["champion_version"]) == {"1"}
+    assert set(logged["shadow_version"]) == {"2"}
+    challenger = pair.scorer("2")
+    for request_id, group in logged.groupby("request_id"):
+        rows, _, body, _ = shadowed[request_id]
+        answered = np.array(json.loads(body)["predictions"])
+        positions = group["row"].to_numpy()
+        np.testing.assert_array_equal(group["champion"].to_numpy(), answered[positions])
+        expected = challenger.predict(rows[FEATURES].to_numpy(np.float64))[positions]
+        np.testing.assert_allclose(group["shadow"].to_numpy(), expected, rtol=0, atol=1e-12)
+    assert "fixed acidity" not in logged.columns  # no inputs unless asked
+    assert logged["bin alcohol"].between(0, 9).all()
+    assert metric(text, "winequality_shadow_rows_total", outcome="scored") == sent
+    assert metric(text, "winequality_shadow_abs_difference_count") == sent
+    assert metric(text, "winequality_shadow_scoring_seconds_count", model="shadow") > 0
+
+    report = shadow_report(log_dir)
+    difference = (logged["shadow"] - logged["champion"]).abs().to_numpy()
+    assert report.rows == sent
+    assert report.requests == len(shadowed)
+    assert report.mean_abs_difference == pytest.approx(difference.mean(), abs=1e-12)
+    assert report.mean_abs_difference > 0.1  # the known difference: alpha 0.05 against 0.7
+    assert report.quantiles["0.5"] == pytest.approx(np.quantile(difference, 0.5), abs=1e-12)
+    alcohol = [b for b in report.by_bin if b.feature == "alcohol"]
+    assert sum(b.rows for b in alcohol) == sent
+    assert alcohol[0].low is None
+    assert alcohol[-1].high is None
+
+    truth = logged[["request_id", "row"]].copy()
+    truth["quality"] = [
+        shadowed[r][0]["quality"].to_numpy()[p]
+        for r, p in zip(truth.request_id, truth.row, strict=True)
+    ]
+    truth_file = tmp_path / "truth.csv"
+    truth.to_csv(truth_file, index=False)
+    live = shadow_report(log_dir, truth_file).live
+    assert live is not None
+    assert live.rows == sent
+    actual = truth["quality"].to_numpy(float)
+    champion_rmse = np.sqrt(np.mean((logged["champion"].to_numpy() - actual) ** 2))
+    assert live.champion_rmse == pytest.approx(champion_rmse, abs=1e-12)
+    assert live.mse_difference_ci95[0] <= live.mse_difference <= live.mse_difference_ci95[1]
+
+
+def test_the_shadows_alias_moves_mid_run_and_the_log_follows(pair, red, tmp_path) -> None:
+    pair.client.set_registered_model_alias(NAME, "canary", "2")
+    log_dir = tmp_path / "log"
+    uri = f"models:/{NAME}@champion"
+    application = create_app(
+        load_scorer(uri, pair.uri),
+        model_uri=uri,
+        tracking_uri=pair.uri,
+        refresh=0.2,
+        shadow=ShadowSettings(f"models:/{NAME}@canary", 1.0, log_dir),
+    )
+    with ServerThread(application) as url, httpx.Client(base_url=url) as http:
+        before = red.head(3)
+        assert http.post("/invocations", json=split_body(before)).status_code == 200
+        pair.client.set_registered_model_alias(NAME, "canary", "3")
+        deadline = time.monotonic() + 20
+        while http.get("/health").json()["shadow"]["model_version"] != "3":
+            assert time.monotonic() < deadline, "the shadow did not follow its alias"
+            time.sleep(0.1)
+        assert http.get("/health").json()["model_version"] == "1"  # the champion stays
+        after = red.tail(4)
+        assert http.post("/invocations", json=split_body(after)).status_code == 200
+    logged = read_log(log_dir).sort_values("time", kind="stable")
+    assert list(logged["shadow_version"]) == ["2"] * 3 + ["3"] * 4
+    expected = pair.scorer("3").predict(after[FEATURES].to_numpy(np.float64))
+    np.testing.assert_allclose(logged["shadow"].to_numpy()[3:], expected, atol=1e-12)
+
+
+def test_a_missing_shadow_is_reported_serving_goes_on_and_it_loads_once_registered(
+    pair, red
+) -> None:
+    absent = "wine-absent"
+    uri = f"models:/{NAME}@champion"
+    application = create_app(
+        load_scorer(uri, pair.uri),
+        model_uri=uri,
+        tracking_uri=pair.uri,
+        refresh=0.2,
+        shadow=ShadowSettings(f"models:/{absent}@challenger", 1.0),
+    )
+    with ServerThread(application) as url, httpx.Client(base_url=url) as http:
+        answer = http.post("/invocations", json=split_body(red.head(4)))
+        assert answer.status_code == 200
+        state = http.get("/health").json()["shadow"]
+        assert state["loaded"] is False
+        assert (
+            "cannot load the shadow models:/wine-absent@challenger"
+            in (state["last_load_failure"]["message"])
+        )
+        time.sleep(0.3)  # (rows sampled while no shadow is loaded are counted, not scored)
+        text = http.get("/metrics").text
+        assert metric(text, "winequality_shadow_rows_total", outcome="unavailable") == 4
+        assert metric(text, "winequality_shadow_reloads_total", outcome="failed") >= 1
+
+        registry.register(pair.results[1].model_uri, absent, tracking_uri=pair.uri)
+        pair.client.set_registered_model_alias(absent, "challenger", "1")
+        deadline = time.monotonic() + 20
+        while not http.get("/health").json()["shadow"]["loaded"]:
+            assert time.monotonic() < deadline, "the shadow was not retried"
+            time.sleep(0.1)
+        assert http.get("/health").json()["shadow"]["last_load_failure"] is None
+        assert http.post("/invocations", json=split_body(red.head(2))).status_code == 200
+
+
+def test_a_full_queue_drops_rows_and_counts_them_without_waiting(pair, red) -> None:
+    champion = pair.scorer("1")
+    from winequality.serving.follower import ServedModel
+
+    served = ServedModel.of(champion, "1")
+    shadow = Shadow(
+        ShadowSettings(f"models:/{NAME}/2", 1.0, queue_rows=5), tracking_uri=pair.uri, metrics=None
+    )
+    features = red[FEATURES].head(10).to_numpy(np.float64)
+    predictions = champion.predict(features)
+    shadow.offer("a", features[:3], predictions[:3], served, 0.001)
+    shadow.offer("b", features[3:], predictions[3:], served, 0.001)  # 7 more: over 5
+    assert shadow.counts == {"sampled": 10, "scored": 0, "dropped": 7, "unavailable": 0,
+                             "failed": 0}  # fmt: skip
+    assert shadow.model.check()  # loaded now; the thread scores what was queued
+    shadow.start()
+    shadow.stop()
+    assert shadow.counts["scored"] == 3
+
+
+def test_a_fraction_samples_about_that_share_of_rows(pair, red) -> None:
+    champion = pair.scorer("1")
+    from winequality.serving.follower import ServedModel
+
+    served = ServedModel.of(champion, "1")
+    shadow = Shadow(
+        ShadowSettings(f"models:/{NAME}/2", 0.2), tracking_uri=pair.uri, metrics=None, seed=0
+    )
+    features = red[FEATURES].to_numpy(np.float64)
+    shadow.offer("a", features, champion.predict(features), served, 0.001)
+    assert abs(shadow.counts["sampled"] - 0.2 * len(features)) < 4 * np.sqrt(
+        len(features) * 0.2 * 0.8
+    )
+
+
+def test_every_answer_carries_a_request_id(pair, red) -> None:
+    with ServerThread(champion_app(pair)) as url, httpx.Client(base_url=url) as http:
+        mine = http.get("/health", headers={"X-Request-Id": "abc-1"})
+        ours = http.post("/invocations", json=split_body(red.head(1)))
+        refused = http.post(
+            "/invocations", content=b"{", headers={"Content-Type": "application/json"}
+        )
+    assert mine.headers["x-request-id"] == "abc-1"
+    assert ours.headers["x-request-id"]
+    assert refused.status_code == 400
+    assert refused.headers["x-request-id"]
+    assert len(refused.headers.get_list("x-request-id")) == 1
+
+
+# --- the report and promotion -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def logged(pair, red, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """A shadow log of v2 beside v1, and the true grades of its rows."""
+    log_dir = tmp_path_factory.mktemp("log")
+    application = champion_app(
+        pair, model_uri=f"models:/{NAME}@challenger", fraction=1.0, log_dir=log_dir
+    )
+    with ServerThread(application) as url:
+        answers = drive(url, red, clients=4, each=30)
+    rows = read_log(log_dir)
+    truth = rows[["request_id", "row"]].copy()
+    truth["quality"] = [
+        answers[r][0]["quality"].to_numpy()[p]
+        for r, p in zip(truth.request_id, truth.row, strict=True)
+    ]
+    return log_dir, truth
+
+
+def test_the_report_command_writes_what_promote_takes_as_evidence(
+    pair, logged, tmp_path, monkeypatch
+) -> None:
+    log_dir, truth = logged
+    truth_file, report_file = tmp_path / "truth.csv", tmp_path / "report.json"
+    truth.to_csv(truth_file, index=False)
+    done = runner.invoke(
+        app, ["shadow-report", "--log", str(log_dir), "--truth", str(truth_file),
+              "--out", str(report_file)],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "champion 1, shadow 2" in done.stdout
+    assert "where they differ most" in done.stdout
+    report = read_report(report_file)
+    assert report.live is not None
+    assert report.live.rows == len(truth)
+
+    # the same two models registered again: v1 champion, v2 the candidate
+    other = "wine-promote"
+    for result in pair.results[:2]:
+        registry.register_logged(result.model_uri, other, tracking_uri=pair.uri)
+    pair.client.set_registered_model_alias(other, "champion", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pair.uri)
+
+    # grades the champion got exactly right: the challenger was worse on live rows
+    rigged = truth.copy()
+    logged_rows = read_log(log_dir).set_index(["request_id", "row"])
+    rigged["quality"] = logged_rows.loc[
+        list(zip(truth.request_id, truth.row, strict=True)), "champion"
+    ].values
+    rigged_file = tmp_path / "rigged.csv"
+    rigged.to_csv(rigged_file, index=False)
+    worse = shadow_report(log_dir, rigged_file)
+    with pytest.raises(
+        PromotionRefused, match=r"no worse on live rows: on .* the champion's 0\.0000"
+    ):
+        registry.promote(other, "2", tracking_uri=pair.uri, evidence=worse)
+    assert str(pair.client.get_model_version_by_alias(other, "champion").version) == "1"
+
+    promoted = runner.invoke(
+        app, ["promote", other, "2", "--evidence", str(report_file), "--live-margin", "paired"]
+    )
+    assert promoted.exit_code == 0, promoted.output
+    assert "no worse on live rows: passed" in promoted.stdout
+    assert str(pair.client.get_model_version_by_alias(other, "champion").version) == "2"
+    recorded = json.loads(pair.client.get_model_version(other, "2").tags[registry.LIVE_TAG])
+    assert recorded["margin"] == "paired"
+    assert recorded["live"]["rows"] == len(truth)
+
+
+def test_evidence_about_other_versions_or_without_grades_fails_its_check(logged) -> None:
+    log_dir, _ = logged
+    report = shadow_report(log_dir)
+    assert registry.live_check(report, "3", "1").reason == "the report's shadow was v2, not v3"
+    assert "the report's champion was v1, not the champion v4" in (
+        registry.live_check(report, "2", "4").reason
+    )
+    without = registry.live_check(report, "2", "1")
+    assert not without.passed
+    assert "no true grades" in without.reason
+
+
+def test_a_bad_truth_file_names_every_problem(logged, tmp_path) -> None:
+    log_dir, truth = logged
+    bad = truth.head(6).copy().astype({"row": object, "quality": object})
+    bad.loc[bad.index[1], "row"] = "x"
+    bad.loc[bad.index[3], "quality"] = "good"
+    bad = pd.concat([bad, bad.head(1)])
+    path = tmp_path / "truth.csv"
+    bad.to_csv(path, index=False)
+    with pytest.raises(DataError) as caught:
+        shadow_report(log_dir, path)
+    message = str(caught.value)
+    assert "row: not a number on line(s) 3" in message
+    assert "quality: not a number on line(s) 5" in message
+    assert "(request_id, row) given twice on line(s) 8" in message
+    path.write_text("request_id,quality\na,5\n")
+    with pytest.raises(DataError, match="no column 'row'"):
+        shadow_report(log_dir, path)
+    with pytest.raises(ParameterError, match="is not a folder"):
+        shadow_report(tmp_path / "nowhere")
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def serving(pair, tmp_path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    port, log_dir = free_port(), tmp_path / "log"
+    process = subprocess.Popen(
+        [Path(sys.executable).with_name("winequality"), "serve",
+         "--model", f"models:/{NAME}@champion", "--port", str(port), "--access-log", "off",
+         "--shadow", f"models:/{NAME}@challenger", "--shadow-fraction", "1",
+         "--shadow-log", str(log_dir), "--max-queue-wait-ms", "2000"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": pair.uri},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, process)
+        yield url, process, log_dir
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+        close_pipes(process)
+
+
+@pytest.mark.slow
+def test_sigterm_closes_the_shadow_log_whole(serving, red) -> None:
+    url, process, log_dir = serving
+    answers = drive(url, red, clients=4, each=10)
+    assert {status for _, status, _, _ in answers.values()} == {200}
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    logged = read_log(log_dir)
+    assert len(logged) == sum(len(rows) for rows, *_ in answers.values())
+    assert set(logged["request_id"]) == set(answers)
+
+
+def test_shadow_options_are_checked_before_anything_loads(tmp_path) -> None:
+    done = runner.invoke(app, ["serve", "--model", "nowhere", "--shadow-log", str(tmp_path)])
+    assert done.exit_code == 2
+    assert "--shadow-log and --shadow-log-inputs need --shadow MODEL" in done.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    done = runner.invoke(
+        app, ["serve", "--model", "nowhere", "--shadow", "m", "--shadow-log", str(a_file)]
+    )
+    assert done.exit_code == 2
+    assert "is a file; give a folder" in done.stderr
