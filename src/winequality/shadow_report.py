@@ -28,6 +28,7 @@ from winequality.errors import DataError, ParameterError
 from winequality.schema import FEATURE_NAMES, TARGET
 
 __all__ = [
+    "LOG_PROFILE_KEY",
     "REPORT_FORMAT",
     "BinDifference",
     "LiveComparison",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 REPORT_FORMAT = "winequality.shadow_report/1"
+# in each log file's Parquet metadata: the champion's reference bins' edges (serving.shadow)
+LOG_PROFILE_KEY = b"winequality.reference_edges"
 QUANTILES = (0.5, 0.9, 0.99)
 JOIN_KEYS = ("request_id", "row")
 
@@ -172,8 +175,6 @@ def shadow_report(log_dir: Path, truth: Path | None = None) -> ShadowReport:
 
 
 def _edges(tables: list[Any]) -> list[list[float]] | None:
-    from winequality.serving.shadow import LOG_PROFILE_KEY
-
     for table in tables:
         metadata = table.schema.metadata or {}
         if LOG_PROFILE_KEY in metadata:

@@ -347,7 +347,8 @@ def shadow_report(
     champions = ", ".join(report.champion_versions)
     shadows = ", ".join(report.shadow_versions)
     out.print(
-        f"{report.rows} sampled rows from {report.requests} requests in {report.files} files: "
+        f"{report.rows} sampled rows from {report.requests} requests in {report.files} "
+        f"file{'s' if report.files != 1 else ''}: "
         f"champion {champions}, shadow {shadows}"
     )
     quantiles = ", ".join(f"p{float(q) * 100:g} {v:.4f}" for q, v in report.quantiles.items())

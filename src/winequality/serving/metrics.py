@@ -137,8 +137,8 @@ class ServerMetrics:
         )
         self.shadow_latency = Histogram(
             "winequality_shadow_scoring_seconds",
-            "Scoring time of the requests whose rows were sampled: the champion's for the "
-            "request, the shadow's for the sample",
+            "Scoring time: the champion's for each request whose rows were sampled, the "
+            "shadow's for each batch of samples it scored",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -214,12 +214,16 @@ class ServerMetrics:
     # --- the shadow (its own thread) --------------------------------------------------------
 
     def shadow_scored(
-        self, differences: np.ndarray, champion_seconds: float, shadow_seconds: float
+        self, differences: np.ndarray, champion_seconds: list[float], shadow_seconds: float
     ) -> None:
+        """A batch the shadow scored: its rows' differences, the champion's scoring time of
+        each request they came from, the shadow's time for the batch."""
         self.shadow_rows.labels("scored").inc(len(differences))
         for difference in differences.tolist():
             self.shadow_difference.observe(difference)
-        self.shadow_latency.labels("champion").observe(champion_seconds)
+        champion = self.shadow_latency.labels("champion")
+        for seconds in champion_seconds:
+            champion.observe(seconds)
         self.shadow_latency.labels("shadow").observe(shadow_seconds)
 
     def shadow_loaded(self, version: str) -> None:

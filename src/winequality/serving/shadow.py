@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -37,16 +38,20 @@ from winequality.errors import first_line
 from winequality.schema import FEATURE_NAMES
 from winequality.scoring import load_scorer
 from winequality.serving.follower import ServedModel, iso_time, served_version
+from winequality.shadow_report import LOG_PROFILE_KEY
 
 if TYPE_CHECKING:
     from winequality.drift import Profile
     from winequality.serving.metrics import ServerMetrics
 
-__all__ = ["LOG_PROFILE_KEY", "Shadow", "ShadowLog", "ShadowModel", "ShadowSettings"]
+__all__ = ["Shadow", "ShadowLog", "ShadowModel", "ShadowSettings"]
 
 log = logging.getLogger("winequality.serve")
 
-LOG_PROFILE_KEY = b"winequality.reference_edges"  # the bins' edges, in each file's metadata
+
+BATCH_ITEMS = 512  # requests' samples scored in one call at most
+BATCH_PAUSE = 0.2  # seconds between batches: samples gather meanwhile
+SWITCH_INTERVAL = 0.0005  # seconds a thread waiting for the interpreter waits at most
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,9 @@ class ShadowLog:
     """The sampled rows with both predictions, in Parquet files that are always whole."""
 
     def __init__(self, folder: Path, *, log_inputs: bool, file_seconds: float, file_rows: int):
-        import pyarrow  # noqa: F401  (the `files` extra: refused at start, not at the first row)
+        # Imported now, before the server answers: the first import of pyarrow.parquet takes
+        # the interpreter for a good part of a second, which every request would wait for.
+        import pyarrow.parquet  # noqa: F401  (and the `files` extra is checked at start)
 
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.log_inputs = folder, log_inputs
@@ -140,30 +147,50 @@ class ShadowLog:
         self._opened = time.monotonic()
         self._edges: list[list[float]] | None = None
 
-    def append(self, work: _Work, shadow: np.ndarray, shadow_version: str) -> None:
-        n = len(work.rows)
-        part: dict[str, Any] = {
-            "time": np.full(n, work.at),
-            "request_id": [work.request_id] * n,
-            "row": work.rows.astype(np.int32),
-            "champion_version": [work.champion_version] * n,
-            "shadow_version": [shadow_version] * n,
-            "champion": work.champion,
-            "shadow": shadow,
+    def append(self, batch: list[_Work], shadow: np.ndarray, shadow_version: str) -> None:
+        """A scored batch's rows (`shadow`: the shadow's predictions, in the batch's order),
+        as columns built once per batch: per request, the cost would fall on the answers."""
+        at = 0
+        while at < len(batch):  # a run of requests scored by one champion (one profile)
+            profile = batch[at].champion_profile
+            end = at + 1
+            while end < len(batch) and batch[end].champion_profile is profile:
+                end += 1
+            rows = sum(len(work.rows) for work in batch[:at])
+            self._append_run(batch[at:end], shadow[rows:], shadow_version, profile)
+            at = end
+
+    def _append_run(
+        self, run: list[_Work], shadow: np.ndarray, shadow_version: str, profile: Profile | None
+    ) -> None:
+        counts = [len(work.rows) for work in run]
+        n = sum(counts)
+        features = np.concatenate([work.features for work in run])
+
+        def each_row(values: list[Any], dtype: Any = object) -> np.ndarray:
+            return np.repeat(np.array(values, dtype=dtype), counts)
+
+        part: dict[str, np.ndarray] = {
+            "time": each_row([work.at for work in run], np.float64),
+            "request_id": each_row([work.request_id for work in run]),
+            "row": np.concatenate([work.rows for work in run]).astype(np.int32),
+            "champion_version": each_row([work.champion_version for work in run]),
+            "shadow_version": np.full(n, shadow_version, dtype=object),
+            "champion": np.concatenate([work.champion for work in run]),
+            "shadow": shadow[:n],
         }
-        if work.champion_profile is not None:
-            edges = [f.edges for f in work.champion_profile.features]
-            for j, name in enumerate(FEATURE_NAMES):
-                bins = np.searchsorted(edges[j], work.features[:, j], side="right")
+        if profile is not None:
+            for j, (name, feature) in enumerate(zip(FEATURE_NAMES, profile.features, strict=True)):
+                bins = np.searchsorted(feature.edges, features[:, j], side="right")
                 part[f"bin {name}"] = bins.astype(np.int8)
         if self.log_inputs:
             for j, name in enumerate(FEATURE_NAMES):
-                part[name] = work.features[:, j]
+                part[name] = features[:, j]
         with self._lock:
             if self._parts and set(part) != set(self._parts[0]):
                 self._close_locked()  # (a champion with another profile: another file)
-            if work.champion_profile is not None and self._edges is None:
-                self._edges = [f.edges for f in work.champion_profile.features]
+            if profile is not None and self._edges is None:
+                self._edges = [f.edges for f in profile.features]
             self._parts.append(part)
             self._rows += n
             if self._rows >= self.file_rows:
@@ -188,11 +215,9 @@ class ShadowLog:
             return
         columns: dict[str, Any] = {}
         for name in self._parts[0]:
-            values = [part[name] for part in self._parts]
-            if isinstance(values[0], list):
-                columns[name] = pa.array([v for chunk in values for v in chunk], pa.string())
-            else:
-                columns[name] = pa.array(np.concatenate(values))
+            values = np.concatenate([part[name] for part in self._parts])
+            text = values.dtype == object
+            columns[name] = pa.array(values, pa.string() if text else None)
         columns["time"] = pa.array(
             (columns["time"].to_numpy() * 1000).astype("int64"), pa.timestamp("ms", tz="UTC")
         )
@@ -290,6 +315,10 @@ class Shadow:
     # --- the shadow thread -------------------------------------------------------------------
 
     def start(self) -> None:
+        # With a second thread wanting the interpreter, the event loop waits up to the switch
+        # interval (5 ms by default) every time it gives it up for I/O: shortened, so that the
+        # shadow's batches cost the answers less (no effect while the loop runs alone).
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._run, name="winequality-shadow", daemon=True)
         self._thread.start()
 
@@ -307,41 +336,59 @@ class Shadow:
             self.log.close()
 
     def _run(self) -> None:
+        """Take what is queued in batches, a pause between them: one wake-up per batch, not per
+        request, so that the thread seldom contends with the event loop for the interpreter."""
         tick = min(1.0, self.settings.file_seconds)
         while True:
             try:
-                work = self._queue.get(timeout=tick)
+                first = self._queue.get(timeout=tick)
             except queue.Empty:
-                work = False  # type: ignore[assignment]
-            if work is None:
-                return
-            if work:
+                first = False  # type: ignore[assignment]
+            stopping = first is None
+            batch = [first] if first else []
+            while not stopping and len(batch) < BATCH_ITEMS:
                 try:
-                    self._score(work)
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                else:
+                    batch.append(more)
+            if batch:
+                rows = sum(len(work.rows) for work in batch)
+                try:
+                    self._score(batch)
                 except Exception:  # a bug: logged with its trace, the server goes on
                     log.exception("shadow scoring failed")
-                    self._count("failed", len(work.rows))
+                    self._count("failed", rows)
                 finally:
                     with self._lock:
-                        self._queued_rows -= len(work.rows)
+                        self._queued_rows -= rows
             if self.log is not None:
                 self.log.tick()
+            if stopping:
+                return
+            time.sleep(BATCH_PAUSE)
 
-    def _score(self, work: _Work) -> None:
+    def _score(self, batch: list[_Work]) -> None:
         shadow = self.model.current
+        rows = sum(len(work.rows) for work in batch)
         if shadow is None:
-            self._count("unavailable", len(work.rows))
+            self._count("unavailable", rows)
             return
+        features = np.concatenate([work.features for work in batch])
         started = time.perf_counter()
-        predicted = np.asarray(shadow.scorer.predict(work.features), dtype=np.float64)
+        predicted = np.asarray(shadow.scorer.predict(features), dtype=np.float64)
         seconds = time.perf_counter() - started
+        champion = np.concatenate([work.champion for work in batch])
         if self.metrics is not None:
             self.metrics.shadow_scored(
-                np.abs(predicted - work.champion), work.champion_seconds, seconds
+                np.abs(predicted - champion), [work.champion_seconds for work in batch], seconds
             )
         if self.log is not None:
-            self.log.append(work, predicted, shadow.version)
-        self._count("scored", len(work.rows))
+            self.log.append(batch, predicted, shadow.version)
+        self._count("scored", rows)
 
     def _count(self, outcome: str, rows: int) -> None:
         with self._lock:
