@@ -17,9 +17,12 @@ from winequality.train import TrainConfig, train
 
 
 def rerun_evaluate(model_uri: str, rows: pd.DataFrame, experiment: str) -> float:
-    """MLflow's own evaluation of the model on `rows`: its RMSE."""
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run():
+    """MLflow's own evaluation of the model on `rows`: its RMSE. (Its run goes to an experiment
+    named here, never through `set_experiment`: that would stay active for later tests.)"""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id):
         result = mlflow.models.evaluate(
             model_uri, rows, targets=schema.TARGET.name, model_type="regressor"
         )

@@ -107,6 +107,19 @@ def drive(url: str, red: pd.DataFrame, clients: int = 8, each: int = 25) -> dict
     return answers
 
 
+def settled(url: str, deadline: float = 20) -> dict:
+    """The shadow's /health state once every sampled row has been dealt with."""
+    until = time.monotonic() + deadline
+    while True:
+        state = httpx.get(url + "/health").json()["shadow"]
+        counts = state["rows"]
+        done = sum(counts[k] for k in ("scored", "dropped", "unavailable", "failed"))
+        if state["queued_rows"] == 0 and done == counts["sampled"]:
+            return dict(state)
+        assert time.monotonic() < until, state
+        time.sleep(0.05)
+
+
 def read_log(folder: Path) -> pd.DataFrame:
     assert not list(folder.glob(".*.partial")), "a log file was left half written"
     return pd.concat(pd.read_parquet(p) for p in sorted(folder.glob("*.parquet")))
@@ -126,7 +139,7 @@ def test_answers_are_unchanged_and_every_sampled_row_is_logged_with_both_predict
     )
     with ServerThread(shadowed_app) as url:
         shadowed = drive(url, red)
-        health = httpx.get(url + "/health").json()["shadow"]
+        health = settled(url)
         text = httpx.get(url + "/metrics").text
     # answers byte for byte as without a shadow, each with its request id echoed
     assert set(plain) == set(shadowed)
@@ -196,6 +209,7 @@ def test_the_shadows_alias_moves_mid_run_and_the_log_follows(pair, red, tmp_path
     with ServerThread(application) as url, httpx.Client(base_url=url) as http:
         before = red.head(3)
         assert http.post("/invocations", json=split_body(before)).status_code == 200
+        assert settled(url)["rows"]["scored"] == 3  # by v2, before the alias moves
         pair.client.set_registered_model_alias(NAME, "canary", "3")
         deadline = time.monotonic() + 20
         while http.get("/health").json()["shadow"]["model_version"] != "3":
@@ -231,7 +245,7 @@ def test_a_missing_shadow_is_reported_serving_goes_on_and_it_loads_once_register
             "cannot load the shadow models:/wine-absent@challenger"
             in (state["last_load_failure"]["message"])
         )
-        time.sleep(0.3)  # (rows sampled while no shadow is loaded are counted, not scored)
+        assert settled(url)["rows"]["unavailable"] == 4  # counted, not scored
         text = http.get("/metrics").text
         assert metric(text, "winequality_shadow_rows_total", outcome="unavailable") == 4
         assert metric(text, "winequality_shadow_reloads_total", outcome="failed") >= 1
@@ -284,11 +298,13 @@ def test_a_fraction_samples_about_that_share_of_rows(pair, red) -> None:
 def test_every_answer_carries_a_request_id(pair, red) -> None:
     with ServerThread(champion_app(pair)) as url, httpx.Client(base_url=url) as http:
         mine = http.get("/health", headers={"X-Request-Id": "abc-1"})
+        too_long = http.get("/health", headers={"X-Request-Id": "x" * 200})
         ours = http.post("/invocations", json=split_body(red.head(1)))
         refused = http.post(
             "/invocations", content=b"{", headers={"Content-Type": "application/json"}
         )
     assert mine.headers["x-request-id"] == "abc-1"
+    assert too_long.headers["x-request-id"] != "x" * 200  # replaced by one of ours
     assert ours.headers["x-request-id"]
     assert refused.status_code == 400
     assert refused.headers["x-request-id"]
@@ -376,6 +392,28 @@ def test_evidence_about_other_versions_or_without_grades_fails_its_check(logged)
     without = registry.live_check(report, "2", "1")
     assert not without.passed
     assert "no true grades" in without.reason
+    (shadow_model,) = report.shadow_model_ids
+    assert shadow_model.startswith("m-")
+    other = registry.live_check(report, "2", "1", candidate_model="m-other")
+    assert not other.passed
+    assert f"the report's shadow was the logged model {shadow_model}, not m-other" in other.reason
+
+
+def test_too_few_live_rows_do_not_pass_and_a_nan_test_survives_json(logged, tmp_path) -> None:
+    log_dir, truth = logged
+    path, report_file = tmp_path / "few.csv", tmp_path / "few.json"
+    truth.head(1).to_csv(path, index=False)
+    report = shadow_report(log_dir, path)
+    assert report.live is not None
+    assert np.isnan(report.live.p_value)
+    report.write(report_file)
+    again = read_report(report_file)
+    assert again.live is not None
+    assert np.isnan(again.live.p_value)
+    for margin in (0.0, "paired"):
+        check = registry.live_check(again, "2", "1", margin)
+        assert not check.passed
+        assert "1 live rows with a true grade: too few to judge" in check.reason
 
 
 def test_a_bad_truth_file_names_every_problem(logged, tmp_path) -> None:
@@ -389,7 +427,7 @@ def test_a_bad_truth_file_names_every_problem(logged, tmp_path) -> None:
     with pytest.raises(DataError) as caught:
         shadow_report(log_dir, path)
     message = str(caught.value)
-    assert "row: not a number on line(s) 3" in message
+    assert "row: not a whole number on line(s) 3" in message
     assert "quality: not a number on line(s) 5" in message
     assert "(request_id, row) given twice on line(s) 8" in message
     path.write_text("request_id,quality\na,5\n")

@@ -96,15 +96,23 @@ def coverage_check(coverage: float | None) -> Check:
 
 LIVE_TAG = "winequality.live_evidence"  # the shadow report a promotion was decided on (JSON)
 LiveMargin = float | Literal["paired"]
+MIN_LIVE_ROWS = 30  # joined rows a live comparison needs before it can pass
 
 
 def live_check(
-    report: ShadowReport, candidate: str, champion: str, margin: LiveMargin = 0.0
+    report: ShadowReport,
+    candidate: str,
+    champion: str,
+    margin: LiveMargin = 0.0,
+    *,
+    candidate_model: str | None = None,
+    champion_model: str | None = None,
 ) -> Check:
     """Whether `candidate`, as the shadow of `champion`, was no worse on live rows whose true
-    grade is known. `margin`: the RMSE it may lose by (0: none), or "paired": refused only
-    when the paired test says it is worse (its squared errors' mean difference has a 95 %
-    interval above 0)."""
+    grade is known. The report must be about those versions and, when their logged models are
+    given, those very models (a version number alone could be another registered model's).
+    `margin`: the RMSE it may lose by (0: none), or "paired": refused only when the paired test
+    says it is worse (its squared errors' mean difference has a 95 % interval above 0)."""
     name = "no worse on live rows"
     live = report.live
     if report.shadow_versions != (candidate,):
@@ -113,8 +121,24 @@ def live_check(
     if report.champion_versions != (champion,):
         seen = ", ".join(f"v{v}" for v in report.champion_versions)
         return Check(name, False, f"the report's champion was {seen}, not the champion v{champion}")
+    for role, expected, seen_ids in (
+        ("shadow", candidate_model, report.shadow_model_ids),
+        ("champion", champion_model, report.champion_model_ids),
+    ):
+        if expected is not None and seen_ids != (expected,):
+            return Check(
+                name,
+                False,
+                f"the report's {role} was the logged model {', '.join(seen_ids) or 'unknown'}, "
+                f"not {expected}: another model under the same version number",
+            )
     if live is None:
         return Check(name, False, "the report has no true grades (shadow-report --truth FILE)")
+    if live.rows < MIN_LIVE_ROWS:
+        return Check(
+            name, False, f"{live.rows} live rows with a true grade: too few to judge (at least "
+            f"{MIN_LIVE_ROWS})",
+        )  # fmt: skip
     head = (
         f"on {live.rows} live rows RMSE {live.shadow_rmse:.4f} against the champion's "
         f"{live.champion_rmse:.4f}"
@@ -154,7 +178,18 @@ def _live_summary(report: ShadowReport, margin: LiveMargin) -> str:
             "p_value": live.p_value,
         },
     }
-    return json.dumps(summary)
+    return json.dumps(_no_nan(summary))
+
+
+def _no_nan(value: Any) -> Any:
+    """NaN (a test that could not be run) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -414,7 +449,17 @@ def promote(
     champion = _version(client, name, current)
     checks = evaluation_checks(candidate, champion, metric)
     if evidence is not None:
-        checks = (*checks, live_check(evidence, version, current, live_margin))
+        checks = (
+            *checks,
+            live_check(
+                evidence,
+                version,
+                current,
+                live_margin,
+                candidate_model=getattr(candidate, "model_id", None),
+                champion_model=getattr(champion, "model_id", None),
+            ),
+        )
     failed = [c for c in checks if not c.passed]
     if failed and not force:
         raise PromotionRefused(

@@ -42,6 +42,10 @@ REPORT_FORMAT = "winequality.shadow_report/1"
 LOG_PROFILE_KEY = b"winequality.reference_edges"
 QUANTILES = (0.5, 0.9, 0.99)
 JOIN_KEYS = ("request_id", "row")
+LOGGED_COLUMNS = [
+    "time", "request_id", "row", "champion_version", "champion_model_id", "shadow_version",
+    "shadow_model_id", "champion", "shadow",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class ShadowReport:
     requests: int
     champion_versions: tuple[str, ...]
     shadow_versions: tuple[str, ...]
+    champion_model_ids: tuple[str, ...]  # the logged models behind those versions
+    shadow_model_ids: tuple[str, ...]
     mean_abs_difference: float
     mean_difference: float  # shadow − champion
     quantiles: dict[str, float]  # "0.5" -> the quantile of |shadow − champion|
@@ -104,6 +110,8 @@ def read_report(path: Path) -> ShadowReport:
             requests=int(data["requests"]),
             champion_versions=tuple(data["champion_versions"]),
             shadow_versions=tuple(data["shadow_versions"]),
+            champion_model_ids=tuple(data["champion_model_ids"]),
+            shadow_model_ids=tuple(data["shadow_model_ids"]),
             mean_abs_difference=float(data["mean_abs_difference"]),
             mean_difference=float(data["mean_difference"]),
             quantiles={str(k): float(v) for k, v in data["quantiles"].items()},
@@ -112,7 +120,12 @@ def read_report(path: Path) -> ShadowReport:
             live=None
             if live is None
             else LiveComparison(
-                **{**live, "mse_difference_ci95": tuple(live["mse_difference_ci95"])}
+                **{
+                    **live,
+                    # JSON has no NaN (too few rows for a test): written as null, read as NaN
+                    "p_value": _number(live["p_value"]),
+                    "mse_difference_ci95": tuple(_number(v) for v in live["mse_difference_ci95"]),
+                }
             ),
         )
     except OSError as exc:
@@ -132,32 +145,45 @@ def shadow_report(log_dir: Path, truth: Path | None = None) -> ShadowReport:
     if not paths:
         raise DataError(f"{log_dir} holds no shadow log file yet (serve --shadow-log writes them)")
     tables = [pq.read_table(path) for path in paths]
-    edges = _edges(tables)
-    table = pa.concat_tables(tables, promote_options="permissive")
+    # each file's bins are of its champion's profile (a new profile starts a new file): binned
+    # per file, merged where the ranges are the same
+    sums: dict[tuple[str, int, float | None, float | None], list[float]] = {}
+    for table in tables:
+        edges = _edges(table)
+        if edges is None:
+            continue
+        absolute_here = np.abs(
+            table["shadow"].to_numpy().astype(np.float64)
+            - table["champion"].to_numpy().astype(np.float64)
+        )
+        for j, name in enumerate(FEATURE_NAMES):
+            if f"bin {name}" not in table.column_names:
+                continue
+            bins = table[f"bin {name}"].to_numpy()
+            feature_edges = edges[j]
+            for b in np.unique(bins).tolist():
+                inside = bins == b
+                key = (
+                    name,
+                    int(b),
+                    float(feature_edges[b - 1]) if b > 0 else None,
+                    float(feature_edges[b]) if b < len(feature_edges) else None,
+                )
+                total = sums.setdefault(key, [0.0, 0.0])
+                total[0] += float(absolute_here[inside].sum())
+                total[1] += int(inside.sum())
+    by_bin = [
+        BinDifference(name, b, low, high, int(rows), total / rows)
+        for (name, b, low, high), (total, rows) in sums.items()
+    ]
+    table = pa.concat_tables(
+        [t.select(LOGGED_COLUMNS) for t in tables], promote_options="permissive"
+    )
     frame = table.to_pandas()
     champion = frame["champion"].to_numpy(np.float64)
     shadow = frame["shadow"].to_numpy(np.float64)
     difference = shadow - champion
     absolute = np.abs(difference)
-    by_bin = []
-    for j, name in enumerate(FEATURE_NAMES):
-        column = f"bin {name}"
-        if column not in frame or edges is None:
-            continue
-        bins = frame[column].to_numpy()
-        for b in np.unique(bins).tolist():
-            inside = bins == b
-            feature_edges = edges[j]
-            by_bin.append(
-                BinDifference(
-                    name,
-                    int(b),
-                    float(feature_edges[b - 1]) if b > 0 else None,
-                    float(feature_edges[b]) if b < len(feature_edges) else None,
-                    int(inside.sum()),
-                    float(absolute[inside].mean()),
-                )
-            )
     live = _compare(frame, truth) if truth is not None else None
     return ShadowReport(
         files=len(paths),
@@ -165,6 +191,8 @@ def shadow_report(log_dir: Path, truth: Path | None = None) -> ShadowReport:
         requests=int(frame["request_id"].nunique()),
         champion_versions=tuple(sorted(frame["champion_version"].unique())),
         shadow_versions=tuple(sorted(frame["shadow_version"].unique())),
+        champion_model_ids=tuple(sorted(frame["champion_model_id"].unique())),
+        shadow_model_ids=tuple(sorted(frame["shadow_model_id"].unique())),
         mean_abs_difference=float(absolute.mean()),
         mean_difference=float(difference.mean()),
         quantiles={f"{q:g}": float(np.quantile(absolute, q)) for q in QUANTILES},
@@ -174,13 +202,17 @@ def shadow_report(log_dir: Path, truth: Path | None = None) -> ShadowReport:
     )
 
 
-def _edges(tables: list[Any]) -> list[list[float]] | None:
-    for table in tables:
-        metadata = table.schema.metadata or {}
-        if LOG_PROFILE_KEY in metadata:
-            edges: list[list[float]] = orjson.loads(metadata[LOG_PROFILE_KEY])
-            return edges
-    return None
+def _edges(table: Any) -> list[list[float]] | None:
+    """The reference bins' edges a log file's rows were binned with, if any."""
+    metadata = table.schema.metadata or {}
+    if LOG_PROFILE_KEY not in metadata:
+        return None
+    edges: list[list[float]] = orjson.loads(metadata[LOG_PROFILE_KEY])
+    return edges
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _compare(frame: Any, truth_path: Path) -> LiveComparison:
@@ -188,6 +220,12 @@ def _compare(frame: Any, truth_path: Path) -> LiveComparison:
     from scipy import stats
 
     truth = _read_truth(truth_path)
+    twice = int(frame.duplicated(list(JOIN_KEYS)).sum())
+    if twice:  # a client that reused its ids: a truth row would be joined to several rows
+        raise DataError(
+            f"{twice} logged rows share a (request_id, row) with another: clients reused their "
+            "X-Request-Id, so true grades cannot be joined on it unambiguously"
+        )
     joined = frame.merge(truth, on=list(JOIN_KEYS), how="inner", validate="many_to_one")
     if joined.empty:
         raise DataError(
@@ -228,7 +266,13 @@ def _read_truth(path: Path) -> Any:
         if path.suffix.lower() == ".parquet":
             truth = pd.read_parquet(path)
         else:
-            truth = pd.read_csv(path, sep=None, engine="python", dtype={"request_id": str})
+            truth = pd.read_csv(
+                path,
+                sep=None,
+                engine="python",
+                dtype={"request_id": str},
+                keep_default_na=False,  # an id such as NA or null is an id
+            )
     except OSError as exc:
         raise DataError(f"cannot read --truth {path}: {exc.strerror or exc}") from exc
     except (ValueError, pd.errors.ParserError) as exc:
@@ -239,12 +283,16 @@ def _read_truth(path: Path) -> Any:
         truth = truth[needed].copy()
         truth["request_id"] = truth["request_id"].astype(str)
         for column in ("row", TARGET.name):
-            values = pd.to_numeric(truth[column], errors="coerce")
-            bad = values.isna().to_numpy().nonzero()[0]
+            values = pd.to_numeric(truth[column].replace("", None), errors="coerce")
+            invalid = values.isna()
+            if column == "row":  # a position: a whole number
+                invalid |= values.notna() & (values % 1 != 0)
+            bad = invalid.to_numpy().nonzero()[0]
             if bad.size:
                 lines = ", ".join(str(i + 2) for i in bad[:5])  # line 1 holds the header
                 more = f" and {bad.size - 5} more" if bad.size > 5 else ""
-                problems.append(f"{column}: not a number on line(s) {lines}{more}")
+                what = "a whole number" if column == "row" else "a number"
+                problems.append(f"{column}: not {what} on line(s) {lines}{more}")
             truth[column] = values
         duplicated = truth.duplicated(list(JOIN_KEYS)).to_numpy().nonzero()[0]
         if duplicated.size:

@@ -113,7 +113,7 @@ def promote(
     from winequality.registry import promote as promote_version
     from winequality.shadow_report import read_report
 
-    margin = guard(lambda: _live_margin(live_margin))
+    margin = guard(lambda: _live_margin(live_margin, evidence is not None))
     report = guard(lambda: read_report(evidence)) if evidence is not None else None
     decision = guard(
         lambda: promote_version(
@@ -143,10 +143,12 @@ def rollback(
     out.print(f"{name} v{decision.version} is champion again (v{decision.previous_version} was)")
 
 
-def _live_margin(text: str) -> float | Literal["paired"]:
-    """--live-margin: a non-negative RMSE margin, or "paired"."""
+def _live_margin(text: str, evidence: bool) -> float | Literal["paired"]:
+    """--live-margin: a non-negative RMSE margin, or "paired" (only with --evidence)."""
     from winequality.errors import ParameterError
 
+    if not evidence and text != "0":
+        raise ParameterError("--live-margin applies to --evidence REPORT, which is not given")
     if text.strip().lower() == "paired":
         return "paired"
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -166,9 +167,11 @@ def create_app(
             tasks.append(asyncio.create_task(_every(AccessLog.FLUSH_SECONDS, log.flush)))
         if shadowing is not None:
             shadowing.start()
-            # its alias followed, and a shadow that failed to load retried, at each refresh
+            # its alias followed at each refresh (with --refresh 0, not followed), and a shadow
+            # that failed to load retried then
             every = refresh or SHADOW_RETRY_SECONDS
-            tasks.append(asyncio.create_task(_every(every, _in_thread(shadowing.model.check))))
+            check = functools.partial(shadowing.model.check, follow=refresh > 0)
+            tasks.append(asyncio.create_task(_every(every, _in_thread(check))))
         try:
             yield
         finally:

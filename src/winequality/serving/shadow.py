@@ -26,6 +26,7 @@ import queue
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ log = logging.getLogger("winequality.serve")
 BATCH_ITEMS = 512  # requests' samples scored in one call at most
 BATCH_PAUSE = 0.2  # seconds between batches: samples gather meanwhile
 SWITCH_INTERVAL = 0.0005  # seconds a thread waiting for the interpreter waits at most
+STOP_SECONDS = 5.0  # at a drain, what is queued is scored within this, else counted dropped
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,13 @@ class ShadowModel:
         self.current: ServedModel | None = None
         self.failure: dict[str, Any] | None = None
 
-    def check(self) -> bool:
-        """Load the shadow if it is missing or its alias moved (retried every call after a
-        failure, unlike the champion's follower: nothing else would ever load it). True if
-        a model was loaded."""
+    def check(self, follow: bool = True) -> bool:
+        """Load the shadow if it is missing or (`follow`) its alias moved; retried every call
+        after a failure, unlike the champion's follower: nothing else would ever load it.
+        True if a model was loaded."""
         uri, version = self.model_uri, None
+        if self.current is not None and not follow:
+            return False
         try:
             if self.parts is not None and self.parts.alias is not None:
                 version = tracking.alias_version(
@@ -120,6 +124,7 @@ class _Work:
     features: np.ndarray  # those rows
     champion: np.ndarray  # the champion's predictions for them
     champion_version: str
+    champion_model_id: str  # what the version is: evidence names models, not only numbers
     champion_profile: Profile | None
     champion_seconds: float  # the champion's scoring time for the whole request
     at: float  # Unix time the request was scored
@@ -136,7 +141,9 @@ class ShadowLog:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.log_inputs = folder, log_inputs
         self.file_seconds, self.file_rows = file_seconds, file_rows
-        self.stem = f"shadow-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        # unique whatever else writes here: another worker, a restart with the same pid
+        self.stem = f"shadow-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lost = 0  # rows a failed write could not keep
         self.files = 0
         self._lock = threading.Lock()  # the shadow thread appends; a drain may close
         self._reset()
@@ -147,7 +154,7 @@ class ShadowLog:
         self._opened = time.monotonic()
         self._edges: list[list[float]] | None = None
 
-    def append(self, batch: list[_Work], shadow: np.ndarray, shadow_version: str) -> None:
+    def append(self, batch: list[_Work], shadow: np.ndarray, shadow_model: ServedModel) -> None:
         """A scored batch's rows (`shadow`: the shadow's predictions, in the batch's order),
         as columns built once per batch: per request, the cost would fall on the answers."""
         at = 0
@@ -157,11 +164,15 @@ class ShadowLog:
             while end < len(batch) and batch[end].champion_profile is profile:
                 end += 1
             rows = sum(len(work.rows) for work in batch[:at])
-            self._append_run(batch[at:end], shadow[rows:], shadow_version, profile)
+            self._append_run(batch[at:end], shadow[rows:], shadow_model, profile)
             at = end
 
     def _append_run(
-        self, run: list[_Work], shadow: np.ndarray, shadow_version: str, profile: Profile | None
+        self,
+        run: list[_Work],
+        shadow: np.ndarray,
+        shadow_model: ServedModel,
+        profile: Profile | None,
     ) -> None:
         counts = [len(work.rows) for work in run]
         n = sum(counts)
@@ -175,7 +186,9 @@ class ShadowLog:
             "request_id": each_row([work.request_id for work in run]),
             "row": np.concatenate([work.rows for work in run]).astype(np.int32),
             "champion_version": each_row([work.champion_version for work in run]),
-            "shadow_version": np.full(n, shadow_version, dtype=object),
+            "champion_model_id": each_row([work.champion_model_id for work in run]),
+            "shadow_version": np.full(n, shadow_model.version, dtype=object),
+            "shadow_model_id": np.full(n, shadow_model.scorer.model.model_id or "", dtype=object),
             "champion": np.concatenate([work.champion for work in run]),
             "shadow": shadow[:n],
         }
@@ -186,11 +199,11 @@ class ShadowLog:
         if self.log_inputs:
             for j, name in enumerate(FEATURE_NAMES):
                 part[name] = features[:, j]
+        edges = [f.edges for f in profile.features] if profile is not None else None
         with self._lock:
-            if self._parts and set(part) != set(self._parts[0]):
-                self._close_locked()  # (a champion with another profile: another file)
-            if profile is not None and self._edges is None:
-                self._edges = [f.edges for f in profile.features]
+            if self._parts and (set(part) != set(self._parts[0]) or edges != self._edges):
+                self._close_locked()  # a champion with another profile: another file
+            self._edges = edges
             self._parts.append(part)
             self._rows += n
             if self._rows >= self.file_rows:
@@ -227,9 +240,15 @@ class ShadowLog:
         self.files += 1
         name = f"{self.stem}-{self.files:05d}.parquet"
         hidden = self.folder / f".{name}.partial"
-        pq.write_table(table, hidden)
-        os.replace(hidden, self.folder / name)  # visible only once whole
-        self._reset()
+        try:
+            pq.write_table(table, hidden)
+            os.replace(hidden, self.folder / name)  # visible only once whole
+        except OSError as exc:  # a full disk, a removed folder: said, counted, not retried
+            log.error("shadow log: %d rows lost, cannot write %s: %s", self._rows, name, exc)
+            self.lost += self._rows
+            hidden.unlink(missing_ok=True)
+        finally:
+            self._reset()
 
 
 class Shadow:
@@ -261,6 +280,8 @@ class Shadow:
         self._queued_rows = 0
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
+        self._stopping = False
+        self._switch_interval = sys.getswitchinterval()
         self.counts = {"sampled": 0, "scored": 0, "dropped": 0, "unavailable": 0, "failed": 0}
         self._thread: threading.Thread | None = None
 
@@ -306,6 +327,7 @@ class Shadow:
                 features[rows],
                 np.asarray(predictions, dtype=np.float64)[rows],
                 served.version,
+                served.scorer.model.model_id or "",
                 served.scorer.model.profile,
                 seconds,
                 time.time(),
@@ -318,16 +340,25 @@ class Shadow:
         # With a second thread wanting the interpreter, the event loop waits up to the switch
         # interval (5 ms by default) every time it gives it up for I/O: shortened, so that the
         # shadow's batches cost the answers less (no effect while the loop runs alone).
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._run, name="winequality-shadow", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Score what is queued (within `timeout`), then close the log's file."""
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Score what is queued (within `timeout`: what is left then is counted as dropped),
+        then close the log's file."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
+            if self._thread.is_alive():  # (a daemon: it ends with the process)
+                self._stopping = True
+                with self._lock:
+                    left, self._queued_rows = self._queued_rows, 0
+                    self.counts["dropped"] += left
+                log.warning("shadow: %d queued rows not scored at stop", left)
             self._thread = None
+            sys.setswitchinterval(self._switch_interval)
         self.flush()
 
     def flush(self) -> None:
@@ -355,21 +386,22 @@ class Shadow:
                     stopping = True
                 else:
                     batch.append(more)
-            if batch:
-                rows = sum(len(work.rows) for work in batch)
-                try:
+            rows = sum(len(work.rows) for work in batch)
+            try:
+                if batch:
                     self._score(batch)
-                except Exception:  # a bug: logged with its trace, the server goes on
-                    log.exception("shadow scoring failed")
-                    self._count("failed", rows)
-                finally:
-                    with self._lock:
-                        self._queued_rows -= rows
-            if self.log is not None:
-                self.log.tick()
-            if stopping:
+                if self.log is not None:
+                    self.log.tick()
+            except Exception:  # a bug: logged with its trace, the server goes on
+                log.exception("shadow scoring failed")
+                self._count("failed", rows)
+            finally:
+                with self._lock:
+                    self._queued_rows = max(0, self._queued_rows - rows)
+            if stopping or self._stopping:
                 return
-            time.sleep(BATCH_PAUSE)
+            if len(batch) < BATCH_ITEMS:  # (a full batch: more is waiting, no pause)
+                time.sleep(BATCH_PAUSE)
 
     def _score(self, batch: list[_Work]) -> None:
         shadow = self.model.current
@@ -382,12 +414,12 @@ class Shadow:
         predicted = np.asarray(shadow.scorer.predict(features), dtype=np.float64)
         seconds = time.perf_counter() - started
         champion = np.concatenate([work.champion for work in batch])
+        if self.log is not None:
+            self.log.append(batch, predicted, shadow)
         if self.metrics is not None:
             self.metrics.shadow_scored(
                 np.abs(predicted - champion), [work.champion_seconds for work in batch], seconds
             )
-        if self.log is not None:
-            self.log.append(batch, predicted, shadow.version)
         self._count("scored", rows)
 
     def _count(self, outcome: str, rows: int) -> None:
@@ -411,4 +443,5 @@ class Shadow:
             "queued_rows": queued,
             "rows": counts,
             "log": str(self.settings.log_dir) if self.settings.log_dir else None,
+            "log_rows_lost": self.log.lost if self.log is not None else 0,
         }
