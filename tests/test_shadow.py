@@ -70,11 +70,15 @@ def red() -> pd.DataFrame:
     return data.load().frame
 
 
-def champion_app(pair: Pair, **shadow: object):
+def champion_app(pair: Pair, refresh: float = 0.0, **shadow: object):
     uri = f"models:/{NAME}@champion"
     settings = ShadowSettings(**shadow) if shadow else None
     return create_app(
-        load_scorer(uri, pair.uri), model_uri=uri, tracking_uri=pair.uri, shadow=settings
+        load_scorer(uri, pair.uri),
+        model_uri=uri,
+        tracking_uri=pair.uri,
+        refresh=refresh,
+        shadow=settings,
     )
 
 
@@ -198,13 +202,8 @@ def test_answers_are_unchanged_and_every_sampled_row_is_logged_with_both_predict
 def test_the_shadows_alias_moves_mid_run_and_the_log_follows(pair, red, tmp_path) -> None:
     pair.client.set_registered_model_alias(NAME, "canary", "2")
     log_dir = tmp_path / "log"
-    uri = f"models:/{NAME}@champion"
-    application = create_app(
-        load_scorer(uri, pair.uri),
-        model_uri=uri,
-        tracking_uri=pair.uri,
-        refresh=0.2,
-        shadow=ShadowSettings(f"models:/{NAME}@canary", 1.0, log_dir),
+    application = champion_app(
+        pair, 0.2, model_uri=f"models:/{NAME}@canary", fraction=1.0, log_dir=log_dir
     )
     with ServerThread(application) as url, httpx.Client(base_url=url) as http:
         before = red.head(3)
@@ -228,14 +227,7 @@ def test_a_missing_shadow_is_reported_serving_goes_on_and_it_loads_once_register
     pair, red
 ) -> None:
     absent = "wine-absent"
-    uri = f"models:/{NAME}@champion"
-    application = create_app(
-        load_scorer(uri, pair.uri),
-        model_uri=uri,
-        tracking_uri=pair.uri,
-        refresh=0.2,
-        shadow=ShadowSettings(f"models:/{absent}@challenger", 1.0),
-    )
+    application = champion_app(pair, 0.2, model_uri=f"models:/{absent}@challenger", fraction=1.0)
     with ServerThread(application) as url, httpx.Client(base_url=url) as http:
         answer = http.post("/invocations", json=split_body(red.head(4)))
         assert answer.status_code == 200
