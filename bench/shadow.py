@@ -3,10 +3,13 @@
 `winequality serve` (one worker, pinned to core 0) answering one-row `/invocations` requests
 sent open-loop at a fixed rate (pinned to core 1) below saturation, in alternating rounds:
 without a shadow, and with `--shadow` (another model) at `--shadow-fraction 1` and a
-`--shadow-log`. Printed per setting: the champion's p50 and p99 latency (median over the
+`--shadow-log` (the shadow's process inherits core 0: it shares the server's core, at idle
+priority; it has loaded before a round starts, and every sampled row is dealt with before the
+round's server stops). Printed per setting: the champion's p50 and p99 latency (median over the
 rounds) and their ratio to no shadow (goal: p99 at most 1.05x), and beside it the fraction of
 sampled rows that got a logged shadow prediction (goal at least 99.9 % when the queue is not
-full), read from the server's own counts and the log.
+full) and the share dropped because the shadow's pipe was full, read from the server's own
+counts and the log.
 
 The rate is a stated share (--load, default 0.5) of the rate the server sustains without a
 shadow, measured first (closed loop, 4 clients): the shadow needs CPU too, so at saturation
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +85,58 @@ class Server:
 
         return dict(httpx.get(f"http://127.0.0.1:{self.port}/health").json())
 
+    def settle(self, until: Callable[[dict], bool]) -> dict:
+        """The shadow's /health state once `until` holds."""
+        deadline = time.monotonic() + 60
+        while not until(shadow := self.health()["shadow"]):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the shadow did not settle: {shadow}")
+            time.sleep(0.1)
+        return dict(shadow)
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(60)
+
+
+def offer_cost(champion: str, challenger: str, requests: int = 20_000) -> tuple[float, float]:
+    """Seconds per one-row offer to a running shadow process (in bursts of 1,000 with pauses
+    for it to read, so that nothing is dropped), and per one-row champion scoring."""
+    from winequality.scoring import load_scorer
+    from winequality.serving.follower import ServedModel
+    from winequality.serving.shadow import Shadow, ShadowSettings
+
+    served = ServedModel.of(load_scorer(champion), "1")
+    features = data.load().frame[FEATURES].head(1).to_numpy(np.float64)
+    predictions = served.scorer.predict(features)
+    shadow = Shadow(ShadowSettings(challenger, 1.0), tracking_uri=None)
+    shadow.start()
+    try:
+        while not shadow.state()["loaded"]:
+            time.sleep(0.1)
+        spent = 0.0
+        for burst in range(requests // 1000):
+            started = time.perf_counter()
+            for i in range(1000):
+                shadow.offer(f"r{burst}-{i}", features, predictions, served, 0.0)
+            spent += time.perf_counter() - started
+            time.sleep(0.25)
+        if shadow.counts["dropped"]:
+            raise SystemExit(f"the offers dropped rows: {shadow.counts}")
+    finally:
+        shadow.stop()
+    started = time.perf_counter()
+    for _ in range(requests):
+        served.scorer.predict(features)
+    return spent / requests, (time.perf_counter() - started) / requests
+
+
+def settled(shadow: dict) -> bool:
+    """Every sampled row dealt with: scored, or counted as not."""
+    rows = shadow["rows"]
+    return bool(
+        rows["sampled"] == sum(rows[k] for k in ("scored", "dropped", "unavailable", "failed"))
+    )
 
 
 def main() -> None:
@@ -110,7 +163,7 @@ def main() -> None:
         print(f"one worker sustains {sustained:,.0f} answers/s (closed loop, 4 clients); "
               f"offered: {rate:,.0f} requests/s ({options.load:.0%}), one row each, "
               f"{options.seconds:g} s x {options.rounds} rounds\n")  # fmt: skip
-        found: dict[str, list[tuple[float, float, float]]] = {"off": [], "on": []}
+        found: dict[str, list[tuple[float, float, float, float]]] = {"off": [], "on": []}
         for round_number in range(options.rounds):
             for key in ("off", "on"):
                 log_dir = folder / f"log-{round_number}"
@@ -119,10 +172,12 @@ def main() -> None:
                          *logging) if key == "on" else ()  # fmt: skip
                 server = Server(champion, *extra)
                 try:
+                    if key == "on":  # its process loads the shadow after the server is up
+                        server.settle(lambda shadow: shadow["loaded"])
                     answers = loadgen.run(
                         loadgen.open_loop(server.port, request, rate, options.seconds, preopen=8)
                     )
-                    shadow = server.health().get("shadow")
+                    shadow = server.settle(settled) if key == "on" else None
                 finally:
                     server.stop()
                 ok = [a.seconds for a in answers if a.status == 200]
@@ -130,27 +185,35 @@ def main() -> None:
                     statuses = sorted({a.status for a in answers})
                     print(f"round {round_number} {key}: {len(answers) - len(ok)} of "
                           f"{len(answers)} not 200 ({statuses})", flush=True)  # fmt: skip
-                logged = 1.0
+                logged, dropped = 1.0, 0.0
                 if shadow is not None and not options.no_log:
                     import pyarrow.parquet as pq
 
                     rows = sum(pq.read_metadata(p).num_rows for p in log_dir.glob("*.parquet"))
                     logged = rows / shadow["rows"]["sampled"]
-                found[key].append(
-                    (float(np.percentile(ok, 50)), float(np.percentile(ok, 99)), logged)
-                )
+                if shadow is not None:
+                    dropped = shadow["rows"]["dropped"] / shadow["rows"]["sampled"]
+                p50, p99 = float(np.percentile(ok, 50)), float(np.percentile(ok, 99))
+                found[key].append((p50, p99, logged, dropped))
+                print(f"round {round_number} {key}: p50 {p50 * 1000:.2f} ms, p99 "
+                      f"{p99 * 1000:.2f} ms, logged {logged:.2%}, dropped {dropped:.2%}",
+                      flush=True)  # fmt: skip
+        offer, scoring = offer_cost(champion, challenger)
     base50 = statistics.median(r[0] for r in found["off"])
     base99 = statistics.median(r[1] for r in found["off"])
-    print("| setting | p50 ms | p99 ms | p99 / no shadow | sampled rows logged |")
-    print("|---|---|---|---|---|")
+    print("| setting | p50 ms | p99 ms | p99 / no shadow | sampled rows logged | dropped |")
+    print("|---|---|---|---|---|---|")
     shadowed = "--shadow, fraction 1" + ("" if options.no_log else ", --shadow-log")
     for key, label in (("off", "no shadow"), ("on", shadowed)):
         p50 = statistics.median(r[0] for r in found[key])
         p99 = statistics.median(r[1] for r in found[key])
         logged = min(r[2] for r in found[key])
+        dropped = max(r[3] for r in found[key])
         print(f"| {label} | {p50 * 1000:.2f} | {p99 * 1000:.2f} | {p99 / base99:.3f} | "
-              f"{logged:.2%} (lowest round) |")  # fmt: skip
+              f"{logged:.2%} (lowest round) | {dropped:.2%} (highest) |")  # fmt: skip
     print(f"\n(p50 / no shadow: {statistics.median(r[0] for r in found['on']) / base50:.3f})")
+    print(f"in-process, per one-row request: the shadow's offer (sample, pack, one write) "
+          f"{offer * 1e6:.1f} us; the champion's own scoring {scoring * 1e6:.1f} us")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ promotion from live evidence."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,12 +21,22 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import ServerThread, close_pipes, free_port, metric, split_body, wait_for
+from tests.conftest import (
+    ServerThread,
+    alive,
+    children_of,
+    close_pipes,
+    cmdline,
+    free_port,
+    metric,
+    split_body,
+    wait_for,
+)
 from winequality import data, registry, schema
 from winequality.cli import app
 from winequality.errors import DataError, ParameterError, PromotionRefused
 from winequality.scoring import load_scorer
-from winequality.serving import ShadowSettings, create_app
+from winequality.serving import CanarySettings, ShadowSettings, create_app
 from winequality.serving.shadow import Shadow
 from winequality.shadow_report import read_report, shadow_report
 
@@ -122,6 +133,15 @@ def settled(url: str, deadline: float = 20) -> dict:
             return dict(state)
         assert time.monotonic() < until, state
         time.sleep(0.05)
+
+
+def shadow_state(url: str, until: Callable[[dict], bool], deadline: float = 30) -> dict:
+    """The shadow's /health state, once `until` holds (its process loads the model itself)."""
+    end = time.monotonic() + deadline
+    while not until(state := httpx.get(url + "/health").json()["shadow"]):
+        assert time.monotonic() < end, state
+        time.sleep(0.05)
+    return dict(state)
 
 
 def read_log(folder: Path) -> pd.DataFrame:
@@ -230,8 +250,8 @@ def test_a_missing_shadow_is_reported_serving_goes_on_and_it_loads_once_register
     application = champion_app(pair, 0.2, model_uri=f"models:/{absent}@challenger", fraction=1.0)
     with ServerThread(application) as url, httpx.Client(base_url=url) as http:
         answer = http.post("/invocations", json=split_body(red.head(4)))
-        assert answer.status_code == 200
-        state = http.get("/health").json()["shadow"]
+        assert answer.status_code == 200  # whatever the shadow's process is doing
+        state = shadow_state(url, lambda state: state["last_load_failure"] is not None)
         assert state["loaded"] is False
         assert (
             "cannot load the shadow models:/wine-absent@challenger"
@@ -252,24 +272,50 @@ def test_a_missing_shadow_is_reported_serving_goes_on_and_it_loads_once_register
         assert http.post("/invocations", json=split_body(red.head(2))).status_code == 200
 
 
-def test_a_full_queue_drops_rows_and_counts_them_without_waiting(pair, red) -> None:
-    champion = pair.scorer("1")
+def test_a_stalled_shadow_drops_rows_and_counts_them_without_waiting(pair, red) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
     from winequality.serving.follower import ServedModel
 
-    served = ServedModel.of(champion, "1")
+    served = ServedModel.of(pair.scorer("1"), "1")
+    features = red[FEATURES].head(1000).to_numpy(np.float64)
+    predictions = served.scorer.predict(features)
+    # the smallest pipe there is (a page): a few requests' rows fit
     shadow = Shadow(
-        ShadowSettings(f"models:/{NAME}/2", 1.0, queue_rows=5), tracking_uri=pair.uri, metrics=None
+        ShadowSettings(f"models:/{NAME}/2", 1.0, queue_bytes=4096), tracking_uri=pair.uri
     )
-    features = red[FEATURES].head(10).to_numpy(np.float64)
-    predictions = champion.predict(features)
-    shadow.offer("a", features[:3], predictions[:3], served, 0.001)
-    shadow.offer("b", features[3:], predictions[3:], served, 0.001)  # 7 more: over 5
-    assert shadow.counts == {"sampled": 10, "scored": 0, "dropped": 7, "unavailable": 0,
-                             "failed": 0}  # fmt: skip
-    assert shadow.model.check()  # loaded now; the thread scores what was queued
     shadow.start()
-    shadow.stop()
-    assert shadow.counts["scored"] == 3
+    try:
+        until = time.monotonic() + 30
+        while not shadow.state()["loaded"]:
+            assert time.monotonic() < until, shadow.state()
+            time.sleep(0.05)
+        pid = shadow.state()["process"]["pid"]
+        os.kill(pid, signal.SIGSTOP)  # the shadow reads nothing: its pipe fills
+        try:
+            for i in range(100):  # (a blocking write would hang here)
+                rows = slice(10 * i, 10 * i + 10)
+                shadow.offer(f"r{i}", features[rows], predictions[rows], served, 0.001)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        dropped = shadow.counts["dropped"]
+        assert shadow.counts["sampled"] == 1000
+        assert 0 < dropped < 1000
+        shadow.offer("last", features[:1], predictions[:1], served, 0.001)  # tells the drops
+        while shadow.state()["rows"]["scored"] < 1001 - dropped:
+            assert time.monotonic() < until + 30, shadow.state()
+            time.sleep(0.05)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(shadow.metrics_folder))
+        text = generate_latest(registry).decode()
+    finally:
+        shadow.stop()
+    assert metric(text, "winequality_shadow_rows_total", outcome="dropped") == dropped
+    assert metric(text, "winequality_shadow_rows_total", outcome="scored") == 1001 - dropped
+    final = shadow.state()
+    assert final["rows"] == {"sampled": 1001, "dropped": dropped, "scored": 1001 - dropped,
+                             "unavailable": 0, "failed": 0}  # fmt: skip
+    assert final["process"]["running"] is False
 
 
 def test_a_fraction_samples_about_that_share_of_rows(pair, red) -> None:
@@ -277,9 +323,7 @@ def test_a_fraction_samples_about_that_share_of_rows(pair, red) -> None:
     from winequality.serving.follower import ServedModel
 
     served = ServedModel.of(champion, "1")
-    shadow = Shadow(
-        ShadowSettings(f"models:/{NAME}/2", 0.2), tracking_uri=pair.uri, metrics=None, seed=0
-    )
+    shadow = Shadow(ShadowSettings(f"models:/{NAME}/2", 0.2), tracking_uri=pair.uri, seed=0)
     features = red[FEATURES].to_numpy(np.float64)
     shadow.offer("a", features, champion.predict(features), served, 0.001)
     assert abs(shadow.counts["sampled"] - 0.2 * len(features)) < 4 * np.sqrt(
@@ -315,6 +359,7 @@ def logged(pair, red, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     )
     with ServerThread(application) as url:
         answers = drive(url, red, clients=4, each=30)
+        assert settled(url)["rows"]["scored"] == sum(len(rows) for rows, *_ in answers.values())
     rows = read_log(log_dir)
     truth = rows[["request_id", "row"]].copy()
     truth["quality"] = [
@@ -432,21 +477,22 @@ def test_a_bad_truth_file_names_every_problem(logged, tmp_path) -> None:
 # --- the command --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def serving(pair, tmp_path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
-    port, log_dir = free_port(), tmp_path / "log"
+@contextlib.contextmanager
+def shadow_server(pair: Pair, log_dir: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`winequality serve` with v2 shadowing v1 at fraction 1, logging to `log_dir`."""
+    port = free_port()
     process = subprocess.Popen(
         [Path(sys.executable).with_name("winequality"), "serve",
          "--model", f"models:/{NAME}@champion", "--port", str(port), "--access-log", "off",
          "--shadow", f"models:/{NAME}@challenger", "--shadow-fraction", "1",
-         "--shadow-log", str(log_dir), "--max-queue-wait-ms", "2000"],
+         "--shadow-log", str(log_dir), "--max-queue-wait-ms", "2000", *extra],
         env={**os.environ, "MLFLOW_TRACKING_URI": pair.uri},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url, process)
-        yield url, process, log_dir
+        yield url, process
     finally:
         if process.poll() is None:
             process.kill()
@@ -454,16 +500,51 @@ def serving(pair, tmp_path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
         close_pipes(process)
 
 
+def shadow_processes(server: int) -> list[int]:
+    """The shadow processes under a server (its own children, or its workers')."""
+    below = children_of(server)
+    below += [pid for worker in below for pid in children_of(worker)]
+    return [pid for pid in below if "winequality.serving.shadow_process" in cmdline(pid)]
+
+
 @pytest.mark.slow
-def test_sigterm_closes_the_shadow_log_whole(serving, red) -> None:
-    url, process, log_dir = serving
-    answers = drive(url, red, clients=4, each=10)
-    assert {status for _, status, _, _ in answers.values()} == {200}
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 0
+def test_sigterm_with_two_workers_closes_both_shadow_logs_whole(pair, red, tmp_path) -> None:
+    log_dir = tmp_path / "log"
+    with shadow_server(pair, log_dir, "--workers", "2") as (url, process):
+        until = time.monotonic() + 60  # each worker's shadow has loaded (a summed counter)
+        while metric(httpx.get(url + "/metrics").text, "winequality_shadow_reloads_total",
+                     outcome="ok") < 2:  # fmt: skip
+            assert time.monotonic() < until, "the shadows did not load"
+            time.sleep(0.2)
+        shadows = shadow_processes(process.pid)
+        assert len(shadows) == 2
+        answers = drive(url, red, clients=4, each=10)
+        assert {status for _, status, _, _ in answers.values()} == {200}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert not [pid for pid in shadows if alive(pid)]
     logged = read_log(log_dir)
     assert len(logged) == sum(len(rows) for rows, *_ in answers.values())
     assert set(logged["request_id"]) == set(answers)
+    stems = {p.name.rsplit("-", 1)[0] for p in log_dir.glob("*.parquet")}
+    assert len(stems) == 2  # one log per worker's shadow
+
+
+@pytest.mark.slow
+def test_a_killed_server_leaves_no_shadow_behind_and_its_log_whole(pair, red, tmp_path) -> None:
+    log_dir = tmp_path / "log"
+    with shadow_server(pair, log_dir) as (url, process):
+        shadow = shadow_state(url, lambda state: state["loaded"])["process"]["pid"]
+        assert shadow_processes(process.pid) == [shadow]
+        answers = drive(url, red, clients=4, each=10)
+        process.kill()  # no drain, no flush: the pipe ends with the server
+        process.wait(30)
+        until = time.monotonic() + 15  # what it held scored and logged (5 s at most), then gone
+        while alive(shadow):
+            assert time.monotonic() < until, "the shadow process outlived its server"
+            time.sleep(0.1)
+    logged = read_log(log_dir)
+    assert len(logged) == sum(len(rows) for rows, *_ in answers.values())
 
 
 def test_shadow_options_are_checked_before_anything_loads(tmp_path) -> None:
@@ -477,3 +558,97 @@ def test_shadow_options_are_checked_before_anything_loads(tmp_path) -> None:
     )
     assert done.exit_code == 2
     assert "is a file; give a folder" in done.stderr
+
+
+# --- the canary ---------------------------------------------------------------------------------
+
+
+def test_a_canary_answers_a_sticky_share_of_clients_on_both_protocols(pair, red, tmp_path) -> None:
+    from winequality.serving.canary import share
+
+    uri = f"models:/{NAME}@champion"
+    application = create_app(
+        load_scorer(uri, pair.uri),
+        model_uri=uri,
+        tracking_uri=pair.uri,
+        canary=CanarySettings(f"models:/{NAME}@challenger", 0.3),
+        shadow=ShadowSettings(f"models:/{NAME}/3", 1.0, log_dir=tmp_path / "log"),
+    )
+    wines = red.head(3)
+    expected = {v: pair.scorer(v).predict(wines[FEATURES].to_numpy(np.float64)) for v in "12"}
+    v2_body = {
+        "inputs": [{"name": c, "shape": [3], "datatype": "FP64", "data": wines[c].tolist()}
+                   for c in FEATURES]
+    }  # fmt: skip
+    clients = [f"client-{k}" for k in range(40)]
+    with ServerThread(application) as url, httpx.Client(base_url=url) as http:
+        seen: dict[str, set[str]] = {}
+        for client in clients:
+            headers = {"X-Client-Id": client}
+            for _ in range(3):
+                answer = http.post("/invocations", json=split_body(wines), headers=headers)
+                version = answer.headers["x-model-version"]
+                np.testing.assert_allclose(answer.json()["predictions"], expected[version])
+                seen.setdefault(client, set()).add(version)
+            answer = http.post(f"/v2/models/{NAME}/infer", json=v2_body, headers=headers)
+            assert answer.json()["model_version"] == answer.headers["x-model-version"]
+            np.testing.assert_allclose(
+                answer.json()["outputs"][0]["data"], expected[answer.headers["x-model-version"]]
+            )
+            seen[client].add(answer.json()["model_version"])
+            # a path naming a version is answered by that version, never by the canary
+            named = http.post(f"/v2/models/{NAME}/versions/1/infer", json=v2_body, headers=headers)
+            assert named.json()["model_version"] == "1"
+        # without the header: each request its own draw
+        drawn = [
+            http.post("/invocations", json=split_body(wines)).headers["x-model-version"]
+            for _ in range(60)
+        ]
+        health = http.get("/health").json()
+        text = http.get("/metrics").text
+        shadowed = settled(url)
+    assert all(len(versions) == 1 for versions in seen.values())  # sticky, both protocols
+    canaries = {client for client, versions in seen.items() if versions == {"2"}}
+    assert canaries == {client for client in clients if share(client) < 0.3}
+    assert 0 < len(canaries) < len(clients)
+    assert set(drawn) == {"1", "2"}
+    assert health["model_version"] == "1"
+    canary = health["canary"]
+    assert (canary["model_version"], canary["fraction"], canary["header"]) == (
+        "2",
+        0.3,
+        "X-Client-Id",
+    )
+    routed = canary["answered"]  # (a path naming a version is not routed)
+    assert routed == {
+        "canary": 4 * len(canaries) + drawn.count("2"),
+        "champion": 4 * (len(clients) - len(canaries)) + drawn.count("1"),
+    }
+    assert metric(text, "winequality_routed_requests_total", model="canary") == routed["canary"]
+    assert metric(text, "winequality_routed_requests_total", model="champion") == routed["champion"]
+    # the shadow compares with the champion: only the champion's answers were sampled (those
+    # routed to it, and those of the path naming its version)
+    assert shadowed["rows"]["sampled"] == 3 * (routed["champion"] + len(clients))
+    assert set(read_log(tmp_path / "log")["champion_version"]) == {"1"}
+
+
+def test_the_canary_share_is_uniform_over_client_ids() -> None:
+    from winequality.serving.canary import share
+
+    n = 20_000
+    draws = np.array([share(f"user-{k}") for k in range(n)])
+    assert abs((draws < 0.05).mean() - 0.05) < 4 * np.sqrt(0.05 * 0.95 / n)
+    assert share("user-1") == share("user-1")
+
+
+def test_canary_options_are_checked_before_serving(pair, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pair.uri)
+    model = f"models:/{NAME}@champion"
+    for options, said in (
+        (["--canary", "m", "--canary-fraction", "0"], "--canary-fraction must be above 0"),
+        (["--canary", "m", "--canary-header", "a b"], "'a b' is not a header name"),
+        (["--canary", f"models:/{NAME}@nowhere"], "nowhere"),
+    ):
+        done = runner.invoke(app, ["serve", "--model", model, "--port", str(free_port()), *options])
+        assert done.exit_code == 2, done.output
+        assert said in done.stderr

@@ -192,6 +192,28 @@ def serve(
             "--shadow-log-inputs", help="Also write the sampled rows' feature values in the log."
         ),
     ] = False,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            "--canary",
+            metavar="MODEL",
+            help="A second model (such as models:/NAME@challenger) that answers a sticky share "
+            "of the requests (--canary-fraction), chosen by a hash of --canary-header; "
+            "X-Model-Version says which model answered. It follows its alias.",
+        ),
+    ] = None,
+    canary_fraction: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="The share of clients the canary answers."),
+    ] = 0.05,
+    canary_header: Annotated[
+        str,
+        typer.Option(
+            metavar="NAME",
+            help="The request header naming the client: the same value, the same model "
+            "(without it, a request is drawn on its request id).",
+        ),
+    ] = "X-Client-Id",
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Serve a model over HTTP: MLflow's /invocations protocol, the Open Inference Protocol
@@ -212,8 +234,11 @@ def serve(
     shadow_settings = guard(
         lambda: _shadow_settings(shadow, shadow_fraction, shadow_log, shadow_log_inputs)
     )
+    canary_settings = guard(lambda: _canary_settings(canary, canary_fraction, canary_header))
     guard(lambda: check_port(host, port))
     scorer = guard(lambda: load_scorer(model, tracking_uri))  # exit 2 before any socket
+    if canary_settings is not None:  # it answers users: one that cannot load stops the start
+        guard(lambda: load_scorer(canary_settings.model_uri, tracking_uri))
     if Path(model).expanduser().is_dir():  # an exported folder: its provenance must read
         from winequality.export import read_export
 
@@ -242,6 +267,7 @@ def serve(
         admission=AdmissionLimits(max_inflight, max_queue_wait_ms / 1000, request_timeout),
         connections=ConnectionLimits(header_timeout, min_body_rate, max_connections or None),
         shadow=shadow_settings,
+        canary=canary_settings,
     )
     status = run_server(settings, scorer=scorer, host=host, port=port, workers=workers)
     if status:
@@ -267,6 +293,22 @@ def _shadow_settings(
         if log_dir.exists() and not log_dir.is_dir():
             raise ParameterError(f"--shadow-log {log_dir} is a file; give a folder")
     return ShadowSettings(model, fraction, log_dir, log_inputs)
+
+
+def _canary_settings(model: str | None, fraction: float, header: str) -> Any:
+    """--canary and its options, checked before the model loads."""
+    import re
+
+    from winequality.errors import ParameterError
+    from winequality.serving import CanarySettings
+
+    if model is None:
+        return None
+    if not 0 < fraction < 1:
+        raise ParameterError("--canary-fraction must be above 0 and below 1")
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):  # an HTTP field name
+        raise ParameterError(f"--canary-header {header!r} is not a header name")
+    return CanarySettings(model, fraction, header)
 
 
 def _read_token(path: Path | None) -> str | None:

@@ -7,7 +7,9 @@
 - `scoring`: what both protocols do once a request's features are checked;
 - `endpoints_server`: health, metadata, versions, OpenAPI, the page, metrics, drift;
 - `follower`: the model being served, following a registry alias;
-- `shadow`: a second model scoring a sample of the rows off the request path, with its log;
+- `shadow`: a sample of the rows sent, off the request path, to `shadow_process`: a process
+  of its own that scores them with a second model and keeps the log and the comparison;
+- `canary`: a sticky share of the requests answered by a second model;
 - `recorder`, `door`, `admission`: pure ASGI pieces (timing and observers; the bearer token;
   scoring requests at once, the bounded wait, 503 beyond it, the request deadline);
 - `lifecycle`, `draining`: liveness, readiness and the drain on SIGTERM;
@@ -23,12 +25,14 @@ Decoding and validation are `winequality.io` and the feature schema; serving hol
 
 from winequality.serving.admission import AdmissionLimits
 from winequality.serving.app import create_app
+from winequality.serving.canary import CanarySettings
 from winequality.serving.connections import ConnectionLimits
 from winequality.serving.run import ServerSettings, check_port, serve
 from winequality.serving.shadow import ShadowSettings
 
 __all__ = [
     "AdmissionLimits",
+    "CanarySettings",
     "ConnectionLimits",
     "ServerSettings",
     "ShadowSettings",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -29,9 +28,10 @@ from starlette.routing import Route
 
 from winequality.errors import WinequalityError
 from winequality.schema import FEATURES
-from winequality.scoring import Scorer
+from winequality.scoring import Scorer, load_scorer
 from winequality.serving.access_log import AccessLog
 from winequality.serving.admission import Admission, AdmissionLimits
+from winequality.serving.canary import Canary, CanarySettings
 from winequality.serving.connections import ConnectionGuard
 from winequality.serving.door import Door
 from winequality.serving.endpoints_mlflow import MLflowEndpoints
@@ -47,7 +47,7 @@ from winequality.serving.shadow import Shadow, ShadowSettings
 __all__ = ["DEFAULT_MAX_BODY", "RouteEntry", "create_app", "route_table"]
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # a 10,000-row JSON body is about 2.5 MB
-SHADOW_RETRY_SECONDS = 30.0  # a shadow that failed to load, with --refresh 0
+SHADOW_WATCH_SECONDS = 1.0  # how often the shadow process is checked for being alive
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -106,6 +106,7 @@ def create_app(
     admission: AdmissionLimits | None = None,
     connections: ConnectionGuard | None = None,
     shadow: ShadowSettings | None = None,
+    canary: CanarySettings | None = None,
 ) -> Any:
     """The ASGI app serving `scorer` (loaded from `model_uri`), following the registry when
     `refresh` > 0 and the URI names an alias. `name` is the model's name on V2 routes (default:
@@ -113,8 +114,10 @@ def create_app(
     socket opens: readiness is true from the first probe, until `lifecycle.drain()`.
     `admission` bounds the scoring requests taken at once (serving.admission); the
     `connections` guard (serving.connections) reports what it closes to the metrics.
-    `shadow` scores a sample of the rows with a second model, off the request path
-    (serving.shadow); it loads here too, but a shadow that cannot load is only reported."""
+    `shadow` scores a sample of the rows with a second model in a process of its own
+    (serving.shadow), started with the server; a shadow that cannot load is only reported.
+    `canary` answers a sticky share of the requests with a second model (serving.canary),
+    loaded here: one that cannot load fails the start."""
     model_uri = model_uri or scorer.model.uri
     lifecycle = lifecycle or Lifecycle()
     # the first batch, before any request (a model that cannot score fails the start)
@@ -128,10 +131,27 @@ def create_app(
         metrics=server_metrics,
         tracking_uri=tracking_uri,
     )
+    routing = None
+    if canary is not None:
+        canary_scorer = load_scorer(canary.model_uri, tracking_uri)
+        canary_scorer.predict(np.array([[f.typical for f in FEATURES]] * 8))
+        canary_version = served_version(
+            canary.model_uri, tracking_uri, canary_scorer.model.model_id
+        )
+        routing = Canary(
+            canary,
+            ModelFollower(
+                ServedModel.of(canary_scorer, canary_version),
+                model_uri=canary.model_uri,
+                refresh=refresh,
+                metrics=None,  # (the served model's gauges are the champion's)
+                tracking_uri=tracking_uri,
+            ),
+            metrics=server_metrics,
+        )
     shadowing = None
     if shadow is not None:
-        shadowing = Shadow(shadow, tracking_uri=tracking_uri, metrics=server_metrics)
-        shadowing.model.check()  # loaded, or reported and retried at each refresh
+        shadowing = Shadow(shadow, tracking_uri=tracking_uri, refresh=refresh)
     mlflow = MLflowEndpoints(
         follower,
         lifecycle,
@@ -139,6 +159,7 @@ def create_app(
         allow_out_of_range=allow_out_of_range,
         metrics=server_metrics,
         shadow=shadowing,
+        canary=routing,
     )
     v2 = V2Endpoints(
         follower,
@@ -149,9 +170,15 @@ def create_app(
         metrics=server_metrics,
         tracking_uri=tracking_uri,
         shadow=shadowing,
+        canary=routing,
     )
     server = ServerEndpoints(
-        follower, lifecycle, metrics=server_metrics, model_name=v2.name, shadow=shadowing
+        follower,
+        lifecycle,
+        metrics=server_metrics,
+        model_name=v2.name,
+        shadow=shadowing,
+        canary=routing,
     )
     table = route_table(mlflow, v2, server, metrics=metrics)
     log = AccessLog(access_log) if access_log is not None else None
@@ -161,23 +188,23 @@ def create_app(
         tasks = []
         if follower.follows:
             tasks.append(asyncio.create_task(follower.run()))
+        if routing is not None and routing.follower.follows:
+            tasks.append(asyncio.create_task(routing.follower.run()))
         if server_metrics is not None:  # what requests queued is folded in bunches
             tasks.append(asyncio.create_task(_every(SETTLE_SECONDS, server_metrics.flush)))
         if log is not None:
             tasks.append(asyncio.create_task(_every(AccessLog.FLUSH_SECONDS, log.flush)))
-        if shadowing is not None:
-            shadowing.start()
-            # its alias followed at each refresh (with --refresh 0, not followed), and a shadow
-            # that failed to load retried then
-            every = refresh or SHADOW_RETRY_SECONDS
-            check = functools.partial(shadowing.model.check, follow=refresh > 0)
-            tasks.append(asyncio.create_task(_every(every, _in_thread(check))))
+        if shadowing is not None:  # its process loads the model: serving does not wait
+            await asyncio.to_thread(shadowing.start)
+            if server_metrics is not None:
+                server_metrics.include(shadowing.metrics_folder)
+            tasks.append(asyncio.create_task(_every(SHADOW_WATCH_SECONDS, shadowing.watch)))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
-            if shadowing is not None:  # what is queued is scored, the log's file closed
+            if shadowing is not None:  # what was sent is scored, the log's file closed
                 await asyncio.to_thread(shadowing.stop)
             if log is not None:
                 log.flush()
@@ -212,13 +239,6 @@ def create_app(
     observers: list[Observer] = [o for o in (server_metrics, log) if o is not None]
     closers = [shadowing] if shadowing is not None else []
     return Recorder(CloseWhileDraining(inner, lifecycle), observers=observers, closers=closers)
-
-
-def _in_thread(action: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
-    async def run() -> Any:
-        return await asyncio.to_thread(action)
-
-    return run
 
 
 async def _every(seconds: float, action: Callable[[], Any]) -> None:

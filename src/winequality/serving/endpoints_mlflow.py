@@ -22,6 +22,7 @@ from winequality.errors import SchemaError
 from winequality.extras import missing_extra
 from winequality.io import files, protocol
 from winequality.schema import INTERVAL_PARAM, FeatureIssue
+from winequality.serving.canary import Canary
 from winequality.serving.follower import ModelFollower
 from winequality.serving.http import (
     JSON,
@@ -81,13 +82,15 @@ class MLflowEndpoints:
         allow_out_of_range: bool,
         metrics: ServerMetrics | None,
         shadow: Shadow | None = None,
+        canary: Canary | None = None,
     ) -> None:
         self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
-        self.shadow = shadow
+        self.shadow, self.canary = shadow, canary
         self.max_body_bytes, self.allow_out_of_range = max_body_bytes, allow_out_of_range
 
     async def invocations(self, request: Request) -> Response:
-        served = self.follower.current  # this request's model, whatever swaps meanwhile
+        champion = self.follower.current  # this request's model, whatever swaps meanwhile
+        served = champion if self.canary is None else self.canary.pick(request.scope, champion)
         request.scope[VERSION_KEY] = served.version
         mime = media_type(request)
         body = await read_body(request, self.max_body_bytes)
@@ -102,7 +105,7 @@ class MLflowEndpoints:
         level = interval_level(served, params.get(INTERVAL_PARAM))  # before any scoring
         started = time.perf_counter()
         scored = score(served, features, warnings, self.metrics, interval=level is not None)
-        if self.shadow is not None:  # a sample queued for the shadow; never waited for
+        if self.shadow is not None and served is champion:  # a sample sent; never waited for
             seconds = time.perf_counter() - started
             request_id = request.scope[REQUEST_ID_KEY]
             self.shadow.offer(request_id, features, scored.predictions, served, seconds)

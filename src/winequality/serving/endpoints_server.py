@@ -11,6 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from winequality.serving.canary import Canary
 from winequality.serving.documents import openapi_document, render_page
 from winequality.serving.follower import ModelFollower, ServedModel, iso_time
 from winequality.serving.http import JSON
@@ -32,9 +33,10 @@ class ServerEndpoints:
         metrics: ServerMetrics | None,
         model_name: str,
         shadow: Shadow | None = None,
+        canary: Canary | None = None,
     ) -> None:
         self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
-        self.shadow = shadow
+        self.shadow, self.canary = shadow, canary
         versions = {
             "winequality": version("winequality"),
             "mlflow": version("mlflow-skinny"),  # the `mlflow` module, whichever install
@@ -78,6 +80,8 @@ class ServerEndpoints:
         }
         if self.shadow is not None:
             body["shadow"] = self.shadow.state()
+        if self.canary is not None:
+            body["canary"] = self.canary.state()
         return Response(orjson.dumps(body), media_type=JSON)
 
     async def ready(self, request: Request) -> Response:

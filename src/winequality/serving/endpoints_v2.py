@@ -37,6 +37,7 @@ from winequality.intervals import bound_names
 from winequality.io.inference import OUTPUT, parse_inference_request
 from winequality.schema import FEATURE_NAMES, INTERVAL_PARAM
 from winequality.scoring import load_scorer
+from winequality.serving.canary import Canary
 from winequality.serving.follower import ModelFollower, ServedModel
 from winequality.serving.http import JSON, REQUEST_ID_KEY, ROWS_KEY, VERSION_KEY, read_body
 from winequality.serving.lifecycle import Lifecycle
@@ -66,9 +67,11 @@ class V2Endpoints:
         metrics: ServerMetrics | None,
         tracking_uri: str | None,
         shadow: Shadow | None = None,
+        canary: Canary | None = None,
     ) -> None:
         self.follower, self.lifecycle, self.metrics = follower, lifecycle, metrics
         self.shadow = shadow  # beside the served model, not a version a path names
+        self.canary = canary  # answers for the served model, not for a version a path names
         parts = tracking.RegistryUri.parse(follower.model_uri)
         self.registered = parts.name if parts is not None else None
         local = Path(follower.model_uri).expanduser()
@@ -114,6 +117,9 @@ class V2Endpoints:
 
     async def infer(self, request: Request) -> Response:
         served = await self._model(request)
+        champion = self.follower.current
+        if self.canary is not None and "version" not in request.path_params:
+            served = self.canary.pick(request.scope, champion)
         request.scope[VERSION_KEY] = served.version
         if request.headers.get(BINARY_HEADER) is not None:
             raise PayloadError(
@@ -146,7 +152,7 @@ class V2Endpoints:
         asked = any(name != OUTPUT for name in wanted)  # bounds answered: the caveat applies
         started = time.perf_counter()
         scored = score(served, decoded.features, decoded.warnings, self.metrics, interval=asked)
-        if self.shadow is not None and served is self.follower.current:
+        if self.shadow is not None and served is champion:
             seconds = time.perf_counter() - started
             self.shadow.offer(
                 request.scope[REQUEST_ID_KEY], decoded.features, scored.predictions, served, seconds

@@ -25,6 +25,7 @@ import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,38 +128,11 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
-        # Shadow scoring (serving.shadow): observed by its own thread, off the request path
-        self.shadow_difference = Histogram(
-            "winequality_shadow_abs_difference",
-            "Absolute difference between the shadow's and the champion's prediction, per "
-            "sampled row (quality points)",
-            buckets=DIFFERENCE_BUCKETS,
-            registry=r,
-        )
-        self.shadow_latency = Histogram(
-            "winequality_shadow_scoring_seconds",
-            "Scoring time: the champion's for each request whose rows were sampled, the "
-            "shadow's for each batch of samples it scored",
+        self.routed = Counter(
+            "winequality_routed_requests",
+            "Scoring requests by the model that answered them (with --canary): champion or canary",
             ["model"],
-            buckets=LATENCY_BUCKETS,
             registry=r,
-        )
-        self.shadow_rows = Counter(
-            "winequality_shadow_rows",
-            "Sampled rows by outcome: scored, dropped (queue full), unavailable (no shadow "
-            "model loaded), failed",
-            ["outcome"],
-            registry=r,
-        )
-        self.shadow_reloads = Counter(
-            "winequality_shadow_reloads", "Shadow model loads: ok or failed", ["outcome"],
-            registry=r,
-        )  # fmt: skip
-        self.shadow_version = Gauge(
-            "winequality_shadow_model_version",
-            "Registry version of the shadow model (NaN when not registered)",
-            registry=r,
-            multiprocess_mode="mostrecent",
         )
         self.count_inflight: Callable[[], int] | None = None  # set by the app: the admission's
         self._counters: dict[tuple[str, int], Any] = {}
@@ -211,23 +185,16 @@ class ServerMetrics:
         self.version.set(float(version) if version.isdigit() else float("nan"))
         self.loaded.set(time.time())
 
-    # --- the shadow (its own thread) --------------------------------------------------------
+    # --- the shadow (a process of its own) ---------------------------------------------------
 
-    def shadow_scored(
-        self, differences: np.ndarray, champion_seconds: list[float], shadow_seconds: float
-    ) -> None:
-        """A batch the shadow scored: its rows' differences, the champion's scoring time of
-        each request they came from, the shadow's time for the batch."""
-        self.shadow_rows.labels("scored").inc(len(differences))
-        for difference in differences.tolist():
-            self.shadow_difference.observe(difference)
-        champion = self.shadow_latency.labels("champion")
-        for seconds in champion_seconds:
-            champion.observe(seconds)
-        self.shadow_latency.labels("shadow").observe(shadow_seconds)
+    def include(self, folder: Path) -> None:
+        """Also expose the multiprocess files in `folder` (the shadow process's metrics), unless
+        they are already the workers' shared folder, which every scrape reads."""
+        if self.multiprocess and folder == Path(os.environ[MULTIPROC_ENV]):
+            return
+        from prometheus_client import multiprocess
 
-    def shadow_loaded(self, version: str) -> None:
-        self.shadow_version.set(float(version) if version.isdigit() else float("nan"))
+        multiprocess.MultiProcessCollector(self.registry, path=str(folder))  # type: ignore[no-untyped-call]
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from winequality.scoring import Scorer, load_scorer
 from winequality.serving import heap
 from winequality.serving.admission import AdmissionLimits
 from winequality.serving.app import DEFAULT_MAX_BODY, create_app
+from winequality.serving.canary import CanarySettings
 from winequality.serving.connections import ConnectionGuard, ConnectionLimits, guarded_protocol
 from winequality.serving.lifecycle import Lifecycle
 from winequality.serving.shadow import ShadowSettings
@@ -58,6 +59,7 @@ class ServerSettings:
         default_factory=ConnectionLimits
     )  # slow clients, the connection cap
     shadow: ShadowSettings | None = None  # a second model scoring a sample, off the path
+    canary: CanarySettings | None = None  # a second model answering a sticky share
 
     def app(
         self, scorer: Scorer, lifecycle: Lifecycle, connections: ConnectionGuard | None = None
@@ -77,6 +79,7 @@ class ServerSettings:
             admission=self.admission,
             connections=connections,
             shadow=self.shadow,
+            canary=self.canary,
         )
 
     def server(self, scorer: Scorer, host: str, port: int) -> Any:
