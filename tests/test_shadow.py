@@ -315,7 +315,26 @@ def test_a_stalled_shadow_drops_rows_and_counts_them_without_waiting(pair, red) 
     final = shadow.state()
     assert final["rows"] == {"sampled": 1001, "dropped": dropped, "scored": 1001 - dropped,
                              "unavailable": 0, "failed": 0}  # fmt: skip
-    assert final["process"]["running"] is False
+    assert not alive(pid)  # the process ended with its pipe
+
+
+def test_a_big_request_reaches_the_shadow_whole_in_parts(pair, red, tmp_path) -> None:
+    log_dir = tmp_path / "log"
+    application = champion_app(
+        pair, model_uri=f"models:/{NAME}@challenger", fraction=1.0, log_dir=log_dir
+    )
+    rows = red.head(1000)  # many messages of a few dozen rows each
+    with ServerThread(application) as url:
+        shadow_state(url, lambda state: state["loaded"])
+        answer = httpx.post(url + "/invocations", json=split_body(rows), timeout=30)
+        assert answer.status_code == 200
+        assert settled(url)["rows"]["scored"] == len(rows)
+    logged = read_log(log_dir).sort_values("row")
+    assert list(logged["row"]) == list(range(len(rows)))
+    assert set(logged["request_id"]) == {answer.headers["x-request-id"]}
+    np.testing.assert_array_equal(logged["champion"].to_numpy(), answer.json()["predictions"])
+    expected = pair.scorer("2").predict(rows[FEATURES].to_numpy(np.float64))
+    np.testing.assert_allclose(logged["shadow"].to_numpy(), expected, rtol=0, atol=1e-12)
 
 
 def test_a_fraction_samples_about_that_share_of_rows(pair, red) -> None:

@@ -130,7 +130,8 @@ class ServerMetrics:
         )
         self.routed = Counter(
             "winequality_routed_requests",
-            "Scoring requests by the model that answered them (with --canary): champion or canary",
+            "Scoring requests by the model they were routed to (with --canary): champion or "
+            "canary (counted before the body is read: refused ones too)",
             ["model"],
             registry=r,
         )

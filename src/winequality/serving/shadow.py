@@ -23,13 +23,11 @@ import contextlib
 import fcntl
 import logging
 import os
-import select
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -66,7 +64,9 @@ CHAMPION, ROWS = 1, 2
 # later messages), rows dropped since the last message that went through, rows here
 ROWS_HEADER = struct.Struct("<IddII")
 ROW_BYTES = 4 + 8 + 8 * len(FEATURE_NAMES)
-CHUNK_ROWS = 512  # rows per message at most: a big request is sent in parts
+# rows per message at most (a big request is sent in parts): with the longest request id, a
+# message stays within PIPE_BUF (4096 on Linux), which a non-blocking write takes whole or not
+CHUNK_ROWS = 36
 
 
 def _rows_message(
@@ -139,7 +139,7 @@ class Shadow:
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._fd: int | None = None  # the pipe's writing end
-        self._pipe_bytes = 0
+        self._pending = b""  # the end of a message a write took only part of: sent first
         self._generation = 0
         self._announced: ServedModel | None = None  # the champion the process knows
         self._unsent_drops = 0  # told to the process with the next message that goes through
@@ -213,16 +213,18 @@ class Shadow:
         """The whole message, or nothing (the pipe is full, or there is no process)."""
         if self._fd is None:
             return False
-        # Up to PIPE_BUF bytes, a non-blocking write is whole or refused (POSIX). A longer
-        # one is whole when the pipe has room for it: only this process writes, under the lock.
-        if len(message) > select.PIPE_BUF:
-            waiting = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
-            if self._pipe_bytes - int.from_bytes(waiting, sys.byteorder) < len(message):
-                return False
+        # Up to PIPE_BUF bytes (every rows message), a non-blocking write is whole or refused
+        # (POSIX). A longer one may be taken in part: its end is kept and sent before anything
+        # else, so that the process always reads whole messages.
         try:
-            os.write(self._fd, message)
+            if self._pending:
+                self._pending = self._pending[os.write(self._fd, self._pending) :]
+                if self._pending:
+                    return False
+            written = os.write(self._fd, message)
         except (BlockingIOError, BrokenPipeError):  # (a process that died: see `watch`)
             return False
+        self._pending = message[written:]
         return True
 
     # --- the process -------------------------------------------------------------------------
@@ -237,7 +239,6 @@ class Shadow:
         try:
             with contextlib.suppress(OSError, AttributeError):  # Linux only; else its default
                 fcntl.fcntl(writing, fcntl.F_SETPIPE_SZ, self.settings.queue_bytes)
-            self._pipe_bytes = _pipe_size(writing)
             os.set_blocking(writing, False)
             config = {
                 "model_uri": self.settings.model_uri,
@@ -245,6 +246,7 @@ class Shadow:
                 "refresh": self.refresh,
                 "fd": reading,
                 "status": str(self.folder / "status.json"),
+                "parent": os.getpid(),
                 "log_dir": str(self.settings.log_dir) if self.settings.log_dir else None,
                 "log_inputs": self.settings.log_inputs,
                 "file_seconds": self.settings.file_seconds,
@@ -274,6 +276,7 @@ class Shadow:
         finally:
             os.close(reading)  # the process's now
         self._fd, self._written, self._announced = writing, 0, None
+        self._pending = b""
         self._started_at = time.monotonic()
 
     def watch(self) -> None:
@@ -288,12 +291,16 @@ class Shadow:
             lost = self._retire()
         log.error(
             "shadow: its process ended (exit code %s); %d rows it held counted failed; "
-            "started again",
+            "starting it again",
             process.returncode,
             lost,
         )
         self.restarts += 1
-        self.start()
+        try:
+            self.start()
+        except Exception:  # said, and tried again at the next watch: serving goes on
+            log.exception("shadow: cannot start its process")
+            self._started_at = time.monotonic()
 
     def _retire(self) -> int:
         """Close the pipe and fold the ended process's counts into the earlier ones'; the
@@ -394,11 +401,3 @@ class Shadow:
                 "restarts": self.restarts,
             },
         }
-
-
-def _pipe_size(fd: int) -> int:
-    try:
-        size: int = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-        return size
-    except (OSError, AttributeError):  # not Linux: POSIX promises at least 4096 bytes... and
-        return 16 * 1024  # macOS gives 16 KiB (growing to 64 KiB): the smaller is the bound

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,6 +68,8 @@ log = logging.getLogger("winequality.serve")
 BATCH_PAUSE = 0.2  # seconds between batches: rows gather in the pipe meanwhile
 RETRY_SECONDS = 30.0  # a shadow that failed to load, retried this often with --refresh 0
 READ_BYTES = 1 << 20
+LONGEST_MESSAGE = 1 << 16  # the server's are under 4 KiB: a longer length is a broken stream
+LINGER_SECONDS = 10.0  # once the server is gone, the most this process stays to finish
 
 
 class ShadowMetrics:
@@ -296,6 +300,8 @@ class Inbox:
         arrived, at = memoryview(bytes(self.buffer)), 0  # a copy the messages can point into
         while len(arrived) - at >= HEADER.size:
             length, kind = HEADER.unpack_from(arrived, at)
+            if length > LONGEST_MESSAGE:  # a bug: end here (the server starts a new process)
+                raise ValueError(f"a message of {length} bytes: the stream is broken")
             start = at + HEADER.size
             if len(arrived) - start < length:
                 break  # its rest is still on the way
@@ -313,6 +319,7 @@ class ShadowProcess:
         self.follow = refresh > 0
         self.every = refresh or RETRY_SECONDS
         self.status_path = Path(config["status"])
+        self.parent = int(config["parent"])
         self.inbox = Inbox(int(config["fd"]))
         self.log = (
             ShadowLog(
@@ -343,7 +350,10 @@ class ShadowProcess:
             self.write_status()
         if self.log is not None:
             self.log.close()
-        self.write_status()
+        if os.getppid() != self.parent:  # the server died: nothing else will remove these
+            shutil.rmtree(self.status_path.parent, ignore_errors=True)
+        else:
+            self.write_status()
         return 0
 
     def handle(self, messages: list[tuple[int, memoryview]]) -> None:
@@ -436,6 +446,21 @@ class ShadowProcess:
         self._written_status = status
 
 
+def _leave_when_orphaned(parent: int) -> None:
+    """Once the server is gone, exit within LINGER_SECONDS, whatever the main loop is doing
+    (a model load waiting on a registry that does not answer): the pipe's end is noticed only
+    between batches."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        time.sleep(LINGER_SECONDS)
+        log.error("shadow: the server is gone and this process did not finish; leaving")
+        os._exit(1)
+
+    threading.Thread(target=watch, name="winequality-shadow-orphan", daemon=True).start()
+
+
 def _idle_priority() -> None:
     """Run only on CPU time nothing else wants (Linux), else as low as nice goes. Every thread
     of the process: a policy is a thread's own, and some started at import (threads made later
@@ -453,7 +478,9 @@ def main(settings: bytes) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _idle_priority()
-    return ShadowProcess(orjson.loads(settings)).run()
+    config = orjson.loads(settings)
+    _leave_when_orphaned(int(config["parent"]))
+    return ShadowProcess(config).run()
 
 
 if __name__ == "__main__":
