@@ -120,8 +120,7 @@ def create_app(
     loaded here: one that cannot load fails the start."""
     model_uri = model_uri or scorer.model.uri
     lifecycle = lifecycle or Lifecycle()
-    # the first batch, before any request (a model that cannot score fails the start)
-    scorer.predict(np.array([[f.typical for f in FEATURES]] * 8))
+    _warm_up(scorer)
     lifecycle.warm()
     server_metrics = ServerMetrics() if metrics else None
     follower = ModelFollower(
@@ -134,7 +133,7 @@ def create_app(
     routing = None
     if canary is not None:
         canary_scorer = load_scorer(canary.model_uri, tracking_uri)
-        canary_scorer.predict(np.array([[f.typical for f in FEATURES]] * 8))
+        _warm_up(canary_scorer)
         canary_version = served_version(
             canary.model_uri, tracking_uri, canary_scorer.model.model_id
         )
@@ -239,6 +238,11 @@ def create_app(
     observers: list[Observer] = [o for o in (server_metrics, log) if o is not None]
     closers = [shadowing] if shadowing is not None else []
     return Recorder(CloseWhileDraining(inner, lifecycle), observers=observers, closers=closers)
+
+
+def _warm_up(scorer: Scorer) -> None:
+    """The first batch, before any request (a model that cannot score fails the start)."""
+    scorer.predict(np.array([[f.typical for f in FEATURES]] * 8))
 
 
 async def _every(seconds: float, action: Callable[[], Any]) -> None:
