@@ -188,6 +188,58 @@ def test_workers_stop_when_the_serving_command_is_killed(trained_model) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def worker_pids(process: subprocess.Popen, count: int, within: float = 60) -> list[int]:
+    """The command's worker processes, once there are at least `count`."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        workers = [pid for pid in children_of(process.pid) if "spawn_main" in cmdline(pid)]
+        if len(workers) >= count:
+            return workers
+        time.sleep(0.01)
+    raise AssertionError(f"the command did not start {count} workers")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_stops_the_command_with_exit_1(trained_model) -> None:
+    """A worker gone unbidden (the OOM killer, say): the command drains the other and exits 1,
+    so its orchestrator starts a whole one again, instead of serving on at half strength."""
+    process, url = two_workers(trained_model)
+    try:
+        wait_for(url, process)
+        first, second = worker_pids(process, 2)
+        os.kill(first, signal.SIGKILL)
+        assert process.wait(timeout=30) == 1
+        deadline = time.monotonic() + 10
+        while alive(second) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(second)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_workers_start_stops_every_one_of_them(trained_model) -> None:
+    """A stop asked while the workers are being started or load their model reaches each of
+    them (none is left serving, the command does not hang, none dies of the signal)."""
+    process, _ = two_workers(trained_model)
+    try:
+        workers = worker_pids(process, 1)  # the first is starting; the second maybe not yet
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in workers)
+        # 130: stopped while loading, as the single process does; 0: it had begun to serve
+        assert code in (0, 130)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 # --- readiness and the drain --------------------------------------------------------------------
 
 PROBES = ("/ping", "/health/ready", "/v2/health/ready")
@@ -243,6 +295,7 @@ def test_sigterm_drains_50_clients_without_a_failed_request(trained_model, wines
     url = f"http://127.0.0.1:{port}"
     body = split_body(wines.head(5))
     results: list[tuple[float, object]] = []  # (sent at, status code or the error)
+    closing: list[tuple[float, str | None]] = []  # (sent at, the answer's Connection header)
     stop = threading.Event()
 
     def client() -> None:
@@ -250,7 +303,9 @@ def test_sigterm_drains_50_clients_without_a_failed_request(trained_model, wines
             while not stop.is_set():
                 sent = time.monotonic()
                 try:
-                    results.append((sent, http.post("/invocations", json=body).status_code))
+                    answer = http.post("/invocations", json=body)
+                    results.append((sent, answer.status_code))
+                    closing.append((sent, answer.headers.get("connection")))
                 except httpx.HTTPError as exc:
                     results.append((sent, repr(exc)))
                     time.sleep(0.01)  # (refused once the socket is closed: do not spin)
@@ -288,6 +343,10 @@ def test_sigterm_drains_50_clients_without_a_failed_request(trained_model, wines
     assert len(before) > 100  # (the load was real)
     failed = [outcome for outcome in before if outcome != 200]
     assert failed == [], f"{len(failed)} of {len(before)} requests failed: {failed[:3]}"
+    # while draining, every answer tells its keep-alive client to go elsewhere
+    draining = [header for sent, header in closing if sent > turned]
+    assert len(draining) > 10
+    assert set(draining) == {"close"}
 
 
 @pytest.mark.slow
@@ -303,10 +362,10 @@ def test_a_second_signal_ends_at_once_with_130_and_the_access_log_written(
             with httpx.Client(base_url=url, timeout=30) as http:
                 for _ in range(7):
                     assert http.post("/invocations", json=split_body(wines)).status_code == 200
-            process.send_signal(signal.SIGTERM)  # drains for a minute...
-            wait_for(url, process, path="/health/live")
-            time.sleep(0.5)
+            # at once after the last answer, before the access log's next write (every 0.1 s):
+            # the lines still queued are written on the way out, or this count misses them
             signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)  # drains for a minute...
             process.send_signal(signal.SIGINT)  # ...unless told again
             assert process.wait(timeout=10) == 130
             assert time.monotonic() - signalled < 5

@@ -269,7 +269,10 @@ def serve(
         shadow=shadow_settings,
         canary=canary_settings,
     )
-    status = run_server(settings, scorer=scorer, host=host, port=port, workers=workers)
+    # With workers the model was loaded to fail fast; each loads its own, so this one is let go.
+    served = scorer if workers <= 1 else None
+    del scorer
+    status = run_server(settings, scorer=served, host=host, port=port, workers=workers)
     if status:
         raise typer.Exit(status)
 

@@ -7,17 +7,19 @@ the allowed wait is answered at once, 503 with `Retry-After` and the protocol's 
 (its client can try another replica now). Scoring runs without yielding, so the admitted
 requests share one event loop: a long queue would only add the same wait to every answer.
 
-A request's wait counts from when its headers were read (`serving.connections` stamps it), not
-from when this middleware first sees it: on one event loop, requests read in the same turn wait
-as ready tasks, and before that, unread in the kernel's buffers, for about as long as the loop
-runs late. That lateness is measured by a tick every TICK_SECONDS and added when the requests
-already read would take longer than the allowed wait to get through (a few clients after a
-pause, a garbage collection say, are not overload). The allowed wait is `max_queue_wait`, or
-twice the recent service time if that is longer, so that a request is not refused for waiting
-out the one before it (large bodies, a few clients). One that has waited too long is shed as
-`queue_timeout`; one whose expected wait in the queue (its place times the service time, over
-the slots) is already too long, as `queue_full`. The body is read before a slot is taken: a
-slot is for the work that does not yield (decode, score, answer).
+A request's wait counts from when its headers were read (`serving.connections` stamps it), not from
+when this middleware first sees it: on one event loop, requests read in the same turn wait as ready
+tasks, and before that, unread in the kernel's buffers, for about as long as the loop runs late.
+That lateness is measured by a tick every TICK_SECONDS and added when the requests already read
+would take longer than the allowed wait to get through. The wait is held against a request only
+when it waited behind work (requests crowd in, one is in flight, or others were taken since it
+arrived): a lone request late because the loop paused, for a garbage collection say, is not
+overload, and a free slot takes it however late. The allowed wait is `max_queue_wait`, or twice
+the recent service time if that is longer, so that a request is not refused for waiting out the one
+before it (large bodies, a few clients). One that has waited too long is shed as `queue_timeout`;
+one whose expected wait in the queue (its place times the service time, over the slots) is already
+too long, as `queue_full`. The body is read before a slot is taken: a slot is for the work that
+does not yield (decode, score, answer).
 
 Most refusals under overload are made earlier still: `serving.connections` asks `shed_early`
 as each POST's headers are read, and when the work of the requests read before it (plus the
@@ -93,6 +95,7 @@ class Admission:
         self.inflight = 0
         self.waiting: deque[asyncio.Future[None]] = deque()
         self.service = 0.0  # running estimate of a request's time from admission to answer
+        self.last_admitted = 0.0  # when the latest request was taken (monotonic)
         self.lag = 0.0  # how late the event loop ran its last tick: time unread in the kernel
         self.ticker: asyncio.TimerHandle | None = None
         # requests read and not yet answered, admitted or not (serving.connections counts them)
@@ -113,8 +116,15 @@ class Admission:
         # when those already read would take longer than the allowed wait to get through (a
         # few clients after a pause, a garbage collection say, are not overload)
         allowed = self._allowed_wait()
-        waited = now - arrived + (self.lag if self._crowded(allowed) else 0.0)
-        if waited > allowed:  # late already: refused before its body is read
+        crowded = self._crowded(allowed)
+        waited = now - arrived + (self.lag if crowded else 0.0)
+        # Held against it only when it waited behind work (requests crowd in, one is in
+        # flight, or others were taken since it arrived): late for want of capacity. A request
+        # late because the loop paused (a collection, a model swap, a throttled CPU) with no
+        # work before it is not overload, and a free slot takes it.
+        behind_work = crowded or self.inflight > 0 or self.last_admitted > arrived
+        held = waited if behind_work else 0.0
+        if held > allowed:  # late already: refused before its body is read
             await self._refuse(scope, send, "queue_timeout", deadline)
             return
         # The body is read before a slot is taken: a slot is for the work that does not
@@ -128,9 +138,9 @@ class Admission:
         read = time.monotonic()  # (the body's time is the client's, not a wait)
         if self.inflight < self.limits.max_inflight and not self._queued():
             self.inflight += 1
-        elif not await self._wait_for_slot(scope, send, waited, allowed, deadline):
+        elif not await self._wait_for_slot(scope, send, held, allowed, deadline):
             return
-        admitted = time.monotonic()
+        admitted = self.last_admitted = time.monotonic()
         if self.observer is not None:
             self.observer.admitted(waited + admitted - read)
         try:

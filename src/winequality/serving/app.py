@@ -228,6 +228,7 @@ def create_app(
     )
     if connections is not None:
         connections.shed_early = gate.shed_early
+        connections.draining = lambda: lifecycle.draining
     if server_metrics is not None:
         server_metrics.count_inflight = lambda: gate.inflight
         if connections is not None:

@@ -15,22 +15,30 @@ So each worker's HTTP protocol is uvicorn's httptools protocol with three additi
   the access log);
 - a connection cap below the open-files limit (that limit minus the files open at start, a
   reserve and the listen backlog, or `max_connections`): when a new connection would pass
-  it, the oldest connection whose request started and is not complete (else the oldest idle
-  keep-alive one) is closed, not the newcomer, so a probe or a real client still gets in
-  while slow ones hold the rest (only when every other connection is being answered or
-  has sent nothing yet, and the backlog's share of files is used up too, is the newcomer
-  turned away).
+  it, the oldest connection whose request started and is not complete (else the oldest one
+  that has sent nothing for SILENT_SECONDS, else the oldest idle keep-alive one) is closed,
+  not the newcomer, so a probe or a real client still gets in while slow or silent ones
+  hold the rest (only when every other connection is being answered or was opened this very
+  second, and the backlog's share of files is used up too, is the newcomer turned away).
 
 The protocol also answers a POST the admission gate refuses as it is read (`_answer_now`:
-the 503 written in the same turn of the loop, its body then read and dropped).
+the 503 written in the same turn of the loop, its body then read and dropped), with the
+request's id and, while the server drains, `Connection: close`, as the app's answers have.
+
+It counts the POST requests read and not yet answered (`pending`, the admission gate's
+measure of the work queued ahead) from when their headers are in; one whose body has been
+coming in at its client's pace for SLOW_UPLOAD_SECONDS (the server reading, not holding it
+back) stops counting until its body is in: such an upload is not work queued, and counting it
+let a few slow uploads make every newcomer look late.
 
 Deadlines are checked by one sweep every SWEEP_SECONDS over the incomplete connections only,
 not a timer per connection. The hooks used (`connection_made`, `connection_lost`,
 `on_message_begin`, `on_headers_complete`, `on_body`, `on_message_complete`,
-`on_response_complete`, `timeout_keep_alive_handler`, and the `transport`, `flow`, `cycle`,
-`pipeline`, `loop`, `timeout_keep_alive_task` and `server_state` attributes) are those of the
-uvicorn range pinned in pyproject.toml; tests/test_serving_load.py drives them in process and
-through the real command.
+`on_response_complete`, and the `transport`, `flow`, `cycle`, `pipeline`, `loop`,
+`connections`, `timeout_keep_alive`, `timeout_keep_alive_task` and `server_state` attributes,
+and `STATUS_LINE`) are those of the uvicorn version pinned in pyproject.toml;
+tests/test_serving_load.py checks they are there and drives them in process and through the
+real command.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from winequality.serving.admission import SHED_HEADERS
 from winequality.serving.http import ANSWERED_KEY, ARRIVED_KEY
+from winequality.serving.recorder import request_id_of
 
 __all__ = ["ConnectionGuard", "ConnectionLimits", "GuardedProtocol", "guarded_protocol"]
 
@@ -54,6 +63,8 @@ RESERVE_FILES = 64  # kept for what a worker opens besides connections (model, m
 MIN_CONNECTIONS = 16
 MAX_BACKLOG = 2048  # uvicorn's default
 BODY_GRACE = 5.0  # seconds before a body's rate counts, when there is no header timeout
+SILENT_SECONDS = 1.0  # a connection that sent nothing for this long may be closed past the cap
+SLOW_UPLOAD_SECONDS = 0.25  # a body coming in for this long is not counted as queued work
 TIMEOUT_BODY = b'{"error_code":"REQUEST_TIMEOUT","message":"the request headers took too long"}'
 
 HEADERS, BODY, BUSY, IDLE = "headers", "body", "busy", "idle"  # a connection's phase
@@ -110,7 +121,8 @@ class ConnectionGuard:
         self.report: Callable[[str], None] | None = None  # the metrics' connection_closed
         # the admission gate's early refusal (serving.admission.Admission.shed_early)
         self.shed_early: Callable[[Any], bytes | None] | None = None
-        self.pending = 0  # POST requests read (headers in) and not yet answered
+        self.draining: Callable[[], bool] = lambda: False  # (the server's lifecycle)
+        self.pending = 0  # POST requests read (body in, or held by us) and not yet answered
 
     def pending_requests(self) -> int:
         return self.pending
@@ -139,12 +151,17 @@ class ConnectionGuard:
     def make_room(self, newcomer: GuardedProtocol, connections: int) -> bool:
         """Past the cap, close one connection: the oldest whose request started, incomplete,
         else the oldest idle keep-alive one. When there is none (the others are being
-        answered, or were accepted so recently that nothing of theirs was read yet, a probe's
+        answered, or were accepted within SILENT_SECONDS and sent nothing yet, a probe's
         maybe), the newcomer stays if the backlog's share of files allows, else it is the one
         turned away: False."""
         if connections <= self.cap:
             return True
-        candidates = ((c for c in self.incomplete if c.got_bytes), iter(self.idle))
+        silent_since = time.monotonic() - SILENT_SECONDS
+        candidates = (
+            (c for c in self.incomplete if c.got_bytes),
+            (c for c in self.incomplete if not c.got_bytes and c.since < silent_since),
+            iter(self.idle),
+        )
         for pool in candidates:
             oldest = next((c for c in pool if c is not newcomer), None)
             if oldest is not None:
@@ -169,6 +186,8 @@ class ConnectionGuard:
             if not connection.flow.read_paused:
                 connection.reading += now - connection.swept
             connection.swept = now
+            if connection.reading > SLOW_UPLOAD_SECONDS:
+                connection.uncount()  # an upload at its client's pace: not work queued yet
             owed = rate * (connection.reading - (header_timeout or BODY_GRACE))
             if rate and owed > 0 and connection.received < owed:
                 self.forget(connection)
@@ -223,9 +242,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.phase, self.since, self.swept = BODY, now, now
         self.received, self.reading = 0, 0.0
         self.guard.track(self, BODY)
-        if self.scope["method"] == "POST" and not self.counted:
-            self.counted = True
-            self.guard.pending += 1
+        if self.scope["method"] == "POST":
+            self._count()
             shed = self.guard.shed_early
             if shed is not None and not self.pipeline:  # (its task is started, not queued)
                 body = shed(self.scope)
@@ -237,8 +255,12 @@ class GuardedProtocol(HttpToolsProtocol):
         it runs, only records it (serving.recorder); its body is read and dropped."""
         cycle = self.cycle
         self.scope[ANSWERED_KEY] = status  # type: ignore[literal-required]
+        request_id = request_id_of(self.scope)  # (kept in the scope: the recorder logs it)
+        if self.guard.draining():
+            cycle.keep_alive = False  # as the app's answers while draining: clients go elsewhere
         closing = [] if cycle.keep_alive else [(b"connection", b"close")]
-        self._write_answer(status, body, [*headers, *closing])
+        named = [(b"x-request-id", request_id.encode("latin-1"))]
+        self._write_answer(status, body, [*headers, *named, *closing])
         cycle.response_started = cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:
@@ -261,11 +283,21 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self.phase = BUSY
         self.guard.track(self, BUSY)
+        if self.scope["method"] == "POST":
+            self._count()  # (again, if it was a slow upload)
 
-    def _answered(self) -> None:
+    def _count(self) -> None:
+        if not self.counted:
+            self.counted = True
+            self.guard.pending += 1
+
+    def uncount(self) -> None:
         if self.counted:
             self.counted = False
             self.guard.pending -= 1
+
+    def _answered(self) -> None:
+        self.uncount()
 
     def on_response_complete(self) -> None:
         self._answered()

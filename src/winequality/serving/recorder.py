@@ -11,6 +11,7 @@ label per unknown path would let any client grow the metrics without bound).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import time
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 from winequality.serving.http import ANSWERED_KEY, REQUEST_ID_KEY
 
-__all__ = ["Observer", "Recorder", "header"]
+__all__ = ["Observer", "Recorder", "header", "request_id_of"]
 
 
 class Observer(Protocol):
@@ -38,6 +39,26 @@ def header(scope: Any, name: bytes) -> str | None:
 # A client's id is kept when it is short visible ASCII (what a log and a CSV of true grades
 # carry unchanged); any other gets one of ours.
 _USABLE_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_COUNTER = itertools.count(1)
+
+
+@functools.cache
+def _process_prefix() -> str:
+    # random per process: ids never repeat across restarts (a container's server is always
+    # PID 1), so a shadow log kept across them still joins one row to one truth
+    return f"{uuid.uuid4().hex[:12]}-"
+
+
+def request_id_of(scope: Any) -> str:
+    """The request's id, chosen once and kept in its scope: the client's when usable, else
+    a new one of ours (the protocol asks first when it answers a request as it is read)."""
+    chosen: str | None = scope.get(REQUEST_ID_KEY)
+    if chosen is None:
+        given = header(scope, b"x-request-id")
+        usable = given is not None and _USABLE_ID.fullmatch(given)
+        chosen = given if usable and given else _process_prefix() + str(next(_COUNTER))
+        scope[REQUEST_ID_KEY] = chosen
+    return chosen
 
 
 class Recorder:
@@ -46,19 +67,13 @@ class Recorder:
     ) -> None:
         self.app, self.observers = app, tuple(observers)
         self.closers = tuple(closers)  # flushed with the observers when the server stops
-        self.counter = itertools.count(1)
-        # random per process: ids never repeat across restarts (a container's server is always
-        # PID 1), so a shadow log kept across them still joins one row to one truth
-        self.prefix = f"{uuid.uuid4().hex[:12]}-"
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        given = header(scope, b"x-request-id")
-        request_id = given if given and _USABLE_ID.fullmatch(given) else self._new_id()
-        scope[REQUEST_ID_KEY] = request_id
+        request_id = request_id_of(scope)
         answered = scope.get(ANSWERED_KEY)  # refused as it was read (serving.admission)
         status = answered or 500  # unless a response starts: the app failed before answering
 
@@ -81,6 +96,3 @@ class Recorder:
             route = getattr(matched, "path", "other")
             for observer in self.observers:
                 observer.request_done(scope, route, status, seconds)
-
-    def _new_id(self) -> str:
-        return self.prefix + str(next(self.counter))

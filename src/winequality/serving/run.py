@@ -8,7 +8,9 @@ loads the model, keeps its Prometheus values in a shared folder that `/metrics` 
 variable the client library reads is set in the worker's own environment, before the library
 is imported), and stops when the command stops, or when the command is gone (killed by
 SIGKILL): it notices that its parent changed and shuts down as SIGTERM would. Every server
-drains on the first signal and exits 0, or 130 on a second (`serving.draining`).
+drains on the first signal and exits 0, or 130 on a second (`serving.draining`). A worker that
+ends unbidden (killed, crashed) makes the command drain the others and exit 1: its
+orchestrator then starts a whole one again.
 """
 
 from __future__ import annotations
@@ -182,19 +184,24 @@ def serve(
             )
             for i in range(workers)
         ]
-        with _forwarding_signals(children):
+        with _forwarding_signals(children) as supervisor:
             for child in children:
-                child.start()
+                supervisor.start(child)
             listening.close()  # the workers hold it now
-            for child in children:
-                child.join()
-    codes = [child.exitcode for child in children]
+            unbidden = supervisor.wait()
+    codes = [supervisor.exit_status(child) for child in children]
+    if unbidden:
+        return 1  # (whatever the others did: one was lost)
     if all(code == 0 for code in codes):
         return 0
     return FORCED if FORCED in codes else 1
 
 
 FORCED = 130  # a second signal: the drain was cut short (128 + SIGINT, as shells report it)
+
+
+def _stop_while_loading(signum: int, frame: Any) -> None:
+    raise SystemExit(FORCED)
 
 
 def _flush(server: Any) -> None:
@@ -206,19 +213,64 @@ def _flush(server: Any) -> None:
         closer.flush()
 
 
-@contextlib.contextmanager
-def _forwarding_signals(children: list[Any]) -> Any:
-    """SIGTERM and SIGINT to the command reach every worker as SIGTERM (each then drains)."""
+class _Supervisor:
+    """The workers' parent: each signal to the command reaches every worker as SIGTERM (the
+    first drains, a second ends at once), a worker started after a signal included; a worker
+    that ends unbidden (killed, crashed) stops the others, so the command exits non-zero and
+    its orchestrator starts it again rather than leaving it serving at part strength."""
 
-    def forward(signum: int, frame: Any) -> None:
-        for child in children:
+    def __init__(self, children: list[Any]) -> None:
+        self.children = children
+        self.signals = 0  # signals the command received (each passed on once)
+
+    def forward(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        for child in self.children:
+            self._stop(child, 1)
+
+    def start(self, child: Any) -> None:
+        child.start()
+        self._stop(child, min(self.signals, 2))  # what it missed while not yet started
+
+    def wait(self) -> bool:
+        """Until every worker has ended; True when one ended without being told to."""
+        from multiprocessing.connection import wait
+
+        running = {child.sentinel: child for child in self.children}
+        unbidden = False
+        while running:
+            for sentinel in wait(list(running)):
+                child = running.pop(sentinel)
+                child.join()
+                if not self.signals and not unbidden:
+                    unbidden = True
+                    self.signals = 1  # the others drain as on SIGTERM
+                    for other in running.values():
+                        self._stop(other, 1)
+        return unbidden
+
+    def exit_status(self, child: Any) -> int:
+        """A worker's exit code; one killed by our SIGTERM before it could install a handler
+        (still starting: it had served nothing) stopped while loading, as the command does."""
+        code: int = child.exitcode
+        return FORCED if self.signals and code == -signal.SIGTERM else code
+
+    @staticmethod
+    def _stop(child: Any, times: int) -> None:
+        for _ in range(times):
             if child.pid is not None and child.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+@contextlib.contextmanager
+def _forwarding_signals(children: list[Any]) -> Any:
+    """SIGTERM and SIGINT to the command reach every worker as SIGTERM (each then drains)."""
+    supervisor = _Supervisor(children)
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, supervisor.forward) for sig in stops}
     try:
-        yield
+        yield supervisor
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -244,6 +296,9 @@ def _worker(
     # picks its multiprocess value class from it at import.
     os.environ[MULTIPROC_ENV] = metrics_folder
 
+    # Told to stop while the model loads (the server's own handlers are not installed yet):
+    # end as the single process does then, not killed by the signal (exit -15).
+    signal.signal(signal.SIGTERM, _stop_while_loading)
     scorer = load_scorer(settings.model_uri, settings.tracking_uri)
     server = settings.server(scorer, host, port)
     watch_parent(parent, signal.SIGTERM)  # SIGKILLed command: drain and stop as on SIGTERM
