@@ -199,6 +199,47 @@ def worker_pids(process: subprocess.Popen, count: int, within: float = 60) -> li
     raise AssertionError(f"the command did not start {count} workers")
 
 
+class SleepingChild:
+    """Stands for a worker process (start, pid, is_alive) as the supervisor sees one."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.exitcode: int | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def test_a_signal_before_a_worker_started_reaches_it_once_started() -> None:
+    """The command's signal can come while its workers are still being started: those not yet
+    started get it as they start (else they would serve on, and the command wait for good)."""
+    from winequality.serving.run import FORCED, _Supervisor
+
+    started, later = SleepingChild(), SleepingChild()
+    supervisor = _Supervisor([started, later])
+    try:
+        supervisor.start(started)
+        supervisor.forward(signal.SIGTERM, None)
+        supervisor.start(later)
+        codes = [child.process.wait(timeout=10) for child in (started, later)]
+    finally:
+        for child in (started, later):
+            if child.is_alive():
+                child.process.kill()
+                child.process.wait()
+    assert codes == [-signal.SIGTERM, -signal.SIGTERM]
+    # a worker ended by that signal before it could install a handler stopped while loading
+    later.exitcode = -signal.SIGTERM
+    assert supervisor.exit_status(later) == FORCED
+
+
 @pytest.mark.slow
 def test_a_worker_killed_stops_the_command_with_exit_1(trained_model) -> None:
     """A worker gone unbidden (the OOM killer, say): the command drains the other and exits 1,

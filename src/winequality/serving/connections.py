@@ -263,8 +263,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._write_answer(status, body, [*headers, *named, *closing])
         cycle.response_started = cycle.response_complete = True
         cycle.message_event.set()
-        if not cycle.keep_alive:
-            self.transport.close()
+        # (not closed yet even when not kept alive: closing with the body unread would reset
+        # the connection, and a client still sending would lose the answer; on_message_complete
+        # closes it once the body is in, and the sweep holds that body to the minimum rate)
         cycle.on_response()
 
     def on_body(self, body: bytes) -> None:
@@ -274,6 +275,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         if self.cycle.response_complete:  # answered early (503, 413…): the body was dropped
+            if not self.cycle.keep_alive:  # (Connection: close was said: now that it is read)
+                self.transport.close()
+                return
             self._idle()
             if self.timeout_keep_alive_task is None and not self.transport.is_closing():
                 # (uvicorn's timer was cancelled by the body's bytes and is not set again)

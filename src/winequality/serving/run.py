@@ -306,6 +306,8 @@ def _worker(
     try:
         server.run(sockets=[listening])
     finally:
+        # (the server put back the loading-time handler: a late signal must not cut the flush)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _flush(server)
     if server.forced:
         sys.exit(FORCED)
