@@ -112,9 +112,8 @@ class Admission:
         if self.ticker is None:
             self._tick(now)
         # its wait so far: since its headers were read, and before that, unseen in the
-        # kernel's buffers, about as long as the event loop is late, when requests crowd in:
-        # when those already read would take longer than the allowed wait to get through (a
-        # few clients after a pause, a garbage collection say, are not overload)
+        # kernel's buffers, about as long as the event loop is late, when requests crowd in
+        # (those already read would take longer than the allowed wait to get through)
         allowed = self._allowed_wait()
         crowded = self._crowded(allowed)
         waited = now - arrived + (self.lag if crowded else 0.0)

@@ -122,7 +122,7 @@ class ConnectionGuard:
         # the admission gate's early refusal (serving.admission.Admission.shed_early)
         self.shed_early: Callable[[Any], bytes | None] | None = None
         self.draining: Callable[[], bool] = lambda: False  # (the server's lifecycle)
-        self.pending = 0  # POST requests read (body in, or held by us) and not yet answered
+        self.pending = 0  # POST requests read and not yet answered (slow uploads once in)
 
     def pending_requests(self) -> int:
         return self.pending
@@ -224,7 +224,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.forget(self)
-        self._answered()
+        self.uncount()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -300,11 +300,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self.counted = False
             self.guard.pending -= 1
 
-    def _answered(self) -> None:
-        self.uncount()
-
     def on_response_complete(self) -> None:
-        self._answered()
+        self.uncount()
         pipelined = bool(self.pipeline)  # (super() starts the next one)
         super().on_response_complete()
         if self.phase == BUSY and not pipelined:
